@@ -1,0 +1,35 @@
+# Everything a fresh machine needs: `make test` and `make demo` build the venv.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# opa-golib-python-bindings 0.4.4 declares Python >= 3.14 but runs on 3.11.
+PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check --ignore-requires-python -q
+
+.PHONY: venv test pytest rego-test demo bench clean
+
+venv: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) -e '.[dev]'
+	touch $@
+
+# pytest, then the Rego tests: a real `opa test` when one exists, else the
+# embedded-OPA runner (test support; see README).
+test: venv
+	$(BIN)/pytest -q
+	@$(MAKE) --no-print-directory rego-test
+
+rego-test: venv
+	@OPA="$${OPA_BIN:-$$(command -v opa || true)}"; \
+	if [ -n "$$OPA" ]; then echo "rego: $$OPA test rego/ -v"; "$$OPA" test rego/ -v; \
+	else echo "rego: no opa binary; chio-budget test-rego rego/ (embedded OPA)"; $(BIN)/chio-budget test-rego rego/ -v --coverage; fi
+
+demo: venv
+	$(BIN)/chio-budget demo
+
+bench: venv
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .hypothesis

@@ -1,0 +1,152 @@
+"""``chio-budget``: compile, check, replay, test-rego, demo (and more, by issue).
+
+Exit codes: 0 ok/allowed, 1 denied or tests failed, 2 bad input (located
+``file:line: field: problem`` on stderr; nothing was recorded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from pydantic import ValidationError
+
+from .errors import ChioBudgetError, InputError, PolicyError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+
+POLICIES = typer.Option(Path("policies"), "--policies", "-p", help="directory of YAML budget policies")
+POLICY_ID = typer.Option("default", "--policy-id", help="policy to enforce")
+REGO_DIR = typer.Option(None, "--rego-dir", help="Rego directory (default: the one shipped in the package)")
+ENGINE = typer.Option("embedded", "--engine", help="embedded | server")
+OPA_URL = typer.Option(None, "--opa-url", envvar="CHIO_OPA_URL", help="OPA server URL (engine=server)")
+LEDGER = typer.Option("memory", "--ledger", envvar="CHIO_LEDGER", help="memory | sqlite:///path | redis://host:port/db")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def _guard(policies: Path, policy_id: str, rego_dir: Optional[Path], engine: str, opa_url: Optional[str],
+           ledger: str):
+    from .guard import BudgetGuard
+
+    options: dict[str, Any] = {}
+    if engine == "server":
+        if not opa_url:
+            _fail("--opa-url (or CHIO_OPA_URL) is required with --engine server")
+        options["opa_url"] = opa_url
+    try:
+        return BudgetGuard.from_files(policies, policy_id=policy_id, rego_dir=rego_dir, engine=engine,
+                                      ledger=ledger, **options)
+    except ChioBudgetError as exc:
+        _fail(str(exc))
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+@app.command("compile")
+def compile_cmd(policies: Path = typer.Argument(Path("policies"), help="policy directory"),
+                output: Path = typer.Option(Path("build/data.json"), "-o", "--output")) -> None:
+    """Validate YAML policies and write the Rego data document."""
+    from .compiler import compile_dir
+
+    try:
+        data = compile_dir(policies)
+    except PolicyError as exc:
+        _fail(str(exc))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(data)
+    n = len(json.loads(data)["chio"]["budget"]["policies"])
+    typer.echo(f"wrote {output} ({n} polic{'y' if n == 1 else 'ies'})", err=True)
+
+
+@app.command()
+def check(meta: str = typer.Option(..., "--meta", help="CostMetadata JSON (Rust form)"),
+          cost_units: int = typer.Option(..., "--cost", help="cost in the policy currency's minor units"),
+          policies: Path = POLICIES, policy_id: str = POLICY_ID, rego_dir: Optional[Path] = REGO_DIR,
+          engine: str = ENGINE, opa_url: Optional[str] = OPA_URL, ledger: str = LEDGER) -> None:
+    """Decide one proposed cost against the ledger's current counters (holds nothing)."""
+    from .cost import CostMetadata
+
+    try:
+        m = CostMetadata.model_validate_json(meta)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        _fail(f"--meta: {'.'.join(map(str, e['loc'])) or '<json>'}: {e['msg']}")
+    guard = _guard(policies, policy_id, rego_dir, engine, opa_url, ledger)
+    try:
+        d = guard.check(m, cost_units)
+    except ValueError as exc:
+        _fail(f"--cost: {exc}")
+    typer.echo(_dump(d.to_json_dict()))
+    typer.echo(d.reason(), err=True)
+    raise typer.Exit(0 if d.allow else 1)
+
+
+@app.command()
+def replay(file: Path = typer.Argument(..., help="JSON lines; '-' for stdin"),
+           policies: Path = POLICIES, policy_id: str = POLICY_ID, rego_dir: Optional[Path] = REGO_DIR,
+           engine: str = ENGINE, opa_url: Optional[str] = OPA_URL, ledger: str = LEDGER) -> None:
+    """Run check/record/authorize/remaining/total_spent events, one JSON line out per event.
+
+    Every line is validated before any is run: a bad line is reported as
+    ``FILE:LINE: field: problem`` and nothing at all is recorded.
+    """
+    from .replay import load_events, run_events
+
+    name = "<stdin>" if str(file) == "-" else str(file)
+    try:
+        text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+    except OSError as exc:
+        _fail(f"{name}:1: cannot read: {exc.strerror}")
+    try:
+        events = load_events(text, name)
+    except InputError as exc:
+        _fail(str(exc))
+    guard = _guard(policies, policy_id, rego_dir, engine, opa_url, ledger)
+    try:
+        for out in run_events(guard, events):
+            typer.echo(_dump(out))
+    finally:
+        guard.close()
+
+
+@app.command("test-rego")
+def test_rego(directory: Path = typer.Argument(Path("rego")),
+              verbose: bool = typer.Option(False, "-v", "--verbose"),
+              coverage: bool = typer.Option(False, "--coverage")) -> None:
+    """Run *_test.rego through the embedded OPA (``opa test`` stand-in; test support)."""
+    from .regotest import render, run
+
+    result = run(directory, coverage=coverage)
+    typer.echo(render(result, verbose=verbose))
+    raise typer.Exit(0 if result.ok and result.tests else 1)
+
+
+@app.command()
+def demo(policies: Path = POLICIES, policy_id: str = POLICY_ID,
+         engine: str = ENGINE, opa_url: Optional[str] = OPA_URL, ledger: str = LEDGER) -> None:
+    """Drive a scripted agent session through the guard and show each decision."""
+    from .demo import run_demo
+
+    guard = _guard(policies, policy_id, None, engine, opa_url, ledger)
+    try:
+        run_demo(guard)
+    finally:
+        guard.close()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""One exception type per kind of failure a caller can act on."""
+
+from __future__ import annotations
+
+
+class ChioBudgetError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class PolicyError(ChioBudgetError):
+    """A budget policy (YAML) is invalid. The message is ``file:line: field.path: problem``.
+
+    ``errors`` holds every problem found, each already formatted that way, so a
+    user fixes them all in one pass rather than one per run.
+    """
+
+    def __init__(self, errors: list[str] | str):
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+class EngineError(ChioBudgetError):
+    """OPA could not be set up (bad Rego, unreachable server at start-up).
+
+    At decision time engines never raise: they return a deny carrying the
+    cause in ``Decision.error`` (fail closed).
+    """
+
+
+class LedgerError(ChioBudgetError):
+    """The counter store failed or was asked something impossible."""
+
+
+class InputError(ChioBudgetError):
+    """A request (replay line, CLI argument) is malformed; nothing was recorded."""
