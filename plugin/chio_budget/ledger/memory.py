@@ -107,6 +107,7 @@ class MemoryLedger:
     def add(self, keys: Sequence[str], cost: int) -> list[int]:
         cost = check_units(cost, "cost")
         with self._lock:
+            self._expire_locked()  # like every other operation: due reservations are given back first
             keys = tuple(dict.fromkeys(keys))
             self._apply(keys, cost)
             return [self._counters[k] for k in keys]
