@@ -14,6 +14,7 @@ reachable server the Redis tests skip and say why, unless
 from __future__ import annotations
 
 import os
+import random
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -142,3 +143,189 @@ def clock() -> FakeClock:
 
 def ledger_with_clock(store: Store, clock: Callable[[], float], **options: Any) -> Ledger:
     return store.open(clock=clock, **options)
+
+
+# -- the overspend workload (threads, processes, crash child, bench) --------------------------
+
+# Skewed on purpose (sess-0 and a0 are busy) so every scope's limit binds in one run.
+SESSIONS = ["sess-0"] * 3 + [f"sess-{i}" for i in range(1, 6)] + [None, None]
+AGENTS = ["a0"] * 3 + ["a1", "a2", "a3"]
+TOOLS = [("s1", "expensive"), ("s1", "cheap"), ("s2", "search"), ("s3", "other")]
+MAX_COST = 250
+
+
+def tight_policy(total_ops: int):
+    """Limits on every scope, sized so each binds well before ``total_ops`` requests end.
+
+    Expected committed spend a request is about 0.6 x 125 units; the total
+    limit is a fifth of that demand; the busy session, the busy agent and the
+    limited tools reach theirs first.
+    """
+    from chio_budget.policy import BudgetPolicy
+
+    demand = max(total_ops, 50) * 75
+    return BudgetPolicy.model_validate({
+        "id": "tight", "currency": "USD",
+        "max_total": demand // 5,
+        "max_per_session": demand // 30,
+        "max_per_agent": demand // 16,
+        "max_per_tool": {"s1:expensive": demand // 25, "s2:search": demand // 12},
+    })
+
+
+def run_requests(guard, worker: int, n: int, seed: int, start: "Callable[[], None] | None" = None) -> dict:
+    """``n`` authorize -> commit/release/abandon calls of random cost through ``guard``.
+
+    Returns what a careful caller knows afterwards: every commit the ledger
+    confirmed (receipt, scope keys, amount), the abandoned receipts, counts.
+    Allowed calls commit an actual cost no larger than the estimate (so a
+    committed total above a limit can only come from a race), sometimes
+    commit twice (must be a no-op), release, or walk away (TTL expiry).
+    """
+    from chio_budget import CostMetadata
+
+    rnd = random.Random(seed * 1000 + worker)
+    committed: list[tuple[str, dict[str, str], int]] = []
+    out = {"committed": committed, "abandoned": [], "allowed": 0, "denied": 0, "errors": 0,
+           "denied_scopes": {}, "double_commit_changed": 0}
+    if start is not None:
+        start()
+    for i in range(n):
+        server, tool = rnd.choice(TOOLS)
+        meta = CostMetadata(receipt_id=f"w{worker}-{seed}-{i}", timestamp=1000 + i, session_id=rnd.choice(SESSIONS),
+                            agent_id=rnd.choice(AGENTS), tool_server=server, tool_name=tool)
+        cost = rnd.randint(0, MAX_COST)
+        a = guard.authorize(meta, cost)
+        if not a.allow:
+            out["denied"] += 1
+            if a.decision.error:
+                out["errors"] += 1
+            for v in a.decision.violations:
+                out["denied_scopes"][v.scope] = out["denied_scopes"].get(v.scope, 0) + 1
+            continue
+        out["allowed"] += 1
+        roll = rnd.random()
+        if roll < 0.80:
+            actual = rnd.randint(0, cost) if roll < 0.6 else None
+            s = a.commit(actual)
+            if s.outcome == "committed":
+                committed.append((meta.receipt_id, guard.counter_keys(meta), s.amount))
+            if rnd.random() < 0.1 and a.commit(actual).changed:
+                out["double_commit_changed"] += 1
+        elif roll < 0.95:
+            a.release()
+        else:
+            out["abandoned"].append(meta.receipt_id)
+    return out
+
+
+def merge_results(results: list[dict]) -> dict:
+    merged = {"committed": [], "abandoned": [], "allowed": 0, "denied": 0, "errors": 0, "denied_scopes": {},
+              "double_commit_changed": 0}
+    for r in results:
+        merged["committed"] += r["committed"]
+        merged["abandoned"] += r["abandoned"]
+        for k in ("allowed", "denied", "errors", "double_commit_changed"):
+            merged[k] += r[k]
+        for scope, n in r["denied_scopes"].items():
+            merged["denied_scopes"][scope] = merged["denied_scopes"].get(scope, 0) + n
+    return merged
+
+
+def audit(policy, ledger, committed: "list[tuple[str, dict[str, str], int]]") -> dict:
+    """Compare what was committed with the limits and with the ledger.
+
+    ``overspend``: units committed beyond a limit, summed over every limited
+    counter (must be 0). ``mismatch``: counters whose ledger value differs
+    from the sum of the commits touching them (must be empty). Call after
+    every reservation is settled or expired.
+    """
+    sums: dict[str, int] = {}
+    limit_of: dict[str, int] = {}
+    for _, keys, amount in committed:
+        for scope, key in keys.items():
+            sums[key] = sums.get(key, 0) + amount
+            limit = _limit(policy, scope, key)
+            if limit is not None:
+                limit_of[key] = limit
+    seen = sorted(sums)
+    values = dict(zip(seen, ledger.totals(seen))) if seen else {}
+    over = {k: sums[k] - limit_of[k] for k in limit_of if sums[k] > limit_of[k]}
+    mismatch = {k: (values[k], sums[k]) for k in seen if values[k] != sums[k]}
+    return {"overspend": sum(over.values()), "over": over, "mismatch": mismatch,
+            "committed_units": sum(a for _, _, a in committed), "commits": len(committed),
+            "limited_counters": len(limit_of)}
+
+
+def _limit(policy, scope: str, key: str) -> int | None:
+    from urllib.parse import unquote
+
+    if scope == "total":
+        return policy.max_total.units
+    if scope == "session":
+        return policy.max_per_session.units if policy.max_per_session else None
+    if scope == "agent":
+        return policy.max_per_agent.units if policy.max_per_agent else None
+    tool = unquote(key.rsplit("/", 1)[1])
+    m = policy.max_per_tool.get(tool) if policy.max_per_tool else None
+    return None if m is None else m.units
+
+
+def embedded_guard(policy, ledger, **kw):
+    """A ``BudgetGuard`` with the real embedded OPA over ``ledger`` (URI or object)."""
+    from chio_budget import BudgetGuard
+    from chio_budget.compiler import data_document
+    from chio_budget.engines.embedded import EmbeddedEngine
+
+    engine = EmbeddedEngine(data_document({policy.id: policy}), Path(__file__).resolve().parent.parent / "rego")
+    return BudgetGuard(policy, engine, ledger, **kw)
+
+
+def process_worker(uri: str, total_ops: int, worker: int, n: int, seed: int, go_file: str) -> dict:
+    """One process of the multi-process test: its own guard, the shared ledger URI."""
+    import time as _time
+
+    guard = embedded_guard(tight_policy(total_ops), uri, reservation_ttl=3600)
+
+    def wait_for_go() -> None:  # start together so the processes really contend
+        while not os.path.exists(go_file):
+            _time.sleep(0.005)
+
+    try:
+        return run_requests(guard, worker, n, seed, start=wait_for_go)
+    finally:
+        guard.close()
+
+
+def crash_child(uri: str, log_path: str, seed: int) -> None:
+    """Authorize/commit forever on ``uri``; log ``receipt amount`` only after commit returns.
+
+    The parent kills this process with SIGKILL at an arbitrary point. The log
+    is written with one ``os.write`` per line on an O_APPEND descriptor, so a
+    line is either there whole or not at all.
+    """
+    from chio_budget.policy import BudgetPolicy
+
+    policy = BudgetPolicy.model_validate({"id": "crash", "currency": "USD", "max_total": 10**12,
+                                          "max_per_session": 10**9, "max_per_agent": 10**10})
+    guard = embedded_guard(policy, uri, reservation_ttl=60)
+    from chio_budget import CostMetadata
+
+    rnd = random.Random(seed)
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    i = 0
+    while True:
+        i += 1
+        server, tool = rnd.choice(TOOLS)
+        meta = CostMetadata(receipt_id=f"crash-{seed}-{i}", timestamp=i, session_id=rnd.choice(SESSIONS),
+                            agent_id=rnd.choice(AGENTS), tool_server=server, tool_name=tool)
+        a = guard.authorize(meta, rnd.randint(1, 1000))
+        if not a.allow:
+            continue
+        if rnd.random() < 0.85:
+            s = a.commit(rnd.randint(0, 1000))
+            if s.outcome == "committed":
+                os.write(fd, f"{meta.receipt_id} {s.amount}\n".encode())
+        elif rnd.random() < 0.5:
+            a.release()
+        # else: walk away; the reservation must expire, never count as spend
