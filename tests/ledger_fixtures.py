@@ -169,7 +169,7 @@ def tight_policy(total_ops: int):
         "max_total": demand // 5,
         "max_per_session": demand // 30,
         "max_per_agent": demand // 16,
-        "max_per_tool": {"s1:expensive": demand // 25, "s2:search": demand // 12},
+        "max_per_tool": {"s1:expensive": demand // 40, "s2:search": demand // 12},
     })
 
 
