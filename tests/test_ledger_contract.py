@@ -461,3 +461,16 @@ def test_backends_agree_with_memory_on_random_operations(shared_store: Store, se
         got = _answer(ledger, clk, *op)
         assert got == want, f"step {step}: {op}"
     assert ledger.open_reservations() == reference.open_reservations()
+
+
+def test_redis_uri_options_split_between_ledger_and_redis_py():
+    from chio_budget.ledger.redis import RedisLedger
+
+    r = open_ledger("redis://127.0.0.1:6379/2?prefix=team-a&ttl=5&settled_retention=60&socket_timeout=1")
+    assert isinstance(r, RedisLedger) and r.prefix == "team-a" and r.keys[0] == "{team-a}:counters"
+    kw = r.client.connection_pool.connection_kwargs
+    assert (kw["db"], kw["socket_timeout"], kw["socket_connect_timeout"]) == (2, 1.0, 5.0)
+    u = open_ledger("unix:///run/redis.sock?db=3&prefix=x")
+    assert u.client.connection_pool.connection_kwargs["path"] == "/run/redis.sock"
+    with pytest.raises(LedgerError):
+        open_ledger("redis://h:6379/0?prefix=a{b}")

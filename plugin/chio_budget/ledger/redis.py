@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from typing import Any, Callable, Sequence
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis as redis_py
 
@@ -302,7 +302,8 @@ class RedisLedger:
         options.setdefault("socket_timeout", 5.0)
         options.setdefault("socket_connect_timeout", 5.0)
         try:
-            client = redis_py.Redis.from_url(urlunsplit(parts._replace(query=urlencode(theirs))), **options)
+            base = uri.split("?", 1)[0]  # not urlunsplit: it turns unix:///x into unix:/x
+            client = redis_py.Redis.from_url(base + ("?" + urlencode(theirs) if theirs else ""), **options)
         except (ValueError, redis_py.RedisError) as exc:
             raise LedgerError(f"redis ledger: bad URI {uri!r}: {exc}") from None
         return cls(client, **ours)
