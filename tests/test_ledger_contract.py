@@ -474,3 +474,26 @@ def test_redis_uri_options_split_between_ledger_and_redis_py():
     assert u.client.connection_pool.connection_kwargs["path"] == "/run/redis.sock"
     with pytest.raises(LedgerError):
         open_ledger("redis://h:6379/0?prefix=a{b}")
+
+
+def test_cli_ledger_option_keeps_spend_between_runs(policies_dir, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from chio_budget.cli import app
+
+    events = tmp_path / "events.jsonl"
+    meta = make_meta().model_dump()
+    events.write_text(json.dumps({"op": "record", "meta": meta, "cost_units": 1200}) + "\n"
+                      + json.dumps({"op": "total_spent"}) + "\n")
+    uri = f"sqlite:///{tmp_path / 'cli.db'}"
+    runner = CliRunner()
+    outs = []
+    for _ in range(2):
+        res = runner.invoke(app, ["replay", str(events), "--policies", str(policies_dir), "--ledger", uri])
+        assert res.exit_code == 0, res.output
+        outs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    assert outs == [{"total_spent": 1200}, {"total_spent": 2400}]
+    res = runner.invoke(app, ["replay", str(events), "--policies", str(policies_dir), "--ledger", "ftp://x"])
+    assert res.exit_code == 2 and "unknown ledger" in res.output
