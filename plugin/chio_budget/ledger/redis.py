@@ -47,6 +47,10 @@ SWEEP_LIMIT = 1000
 # Shared prelude of every script. KEYS: counters, reservations, held, settled.
 # ARGV[1]: now ('' = server TIME), ARGV[2]: settled retention (s); op args follow.
 _LUA_LIB = r"""
+-- Redis < 5 replicates scripts verbatim, which TIME would make non-deterministic;
+-- ask for effects replication there (a no-op on Redis >= 5, the default since).
+if redis.replicate_commands then redis.replicate_commands() end
+
 local U64MAX = '18446744073709551615'
 
 local function is_u64(s)
