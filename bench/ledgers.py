@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import platform
+import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -80,7 +82,7 @@ def bench_backend(name: str, uri: str, engine: EmbeddedEngine, n: int, threads: 
 
             g = _run(t, n, guard_op)
             r = _run(t, n, raw_op)
-            rows.append(f"| {name:<22} | {t:>7} | {g:>12,.0f} | {r:>14,.0f} |")
+            rows.append(f"| {name:<22} | {t:>7} | {g:>12,.0f} | {r:>20,.0f} |")
     finally:
         if hasattr(ledger, "clear"):
             ledger.clear()
@@ -105,7 +107,7 @@ def main() -> None:
         ("redis", f"{args.redis}{'&' if '?' in args.redis else '?'}prefix=chio-bench-{uuid.uuid4().hex[:8]}"),
     ]
     print(f"# ledgers: {args.n} ops/thread, python {platform.python_version()}, {platform.machine()}, "
-          f"sqlite files in {tmp}")
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print("| backend                | threads | guard dec/s  | raw reserve+commit/s |")
     print("|------------------------|---------|--------------|----------------------|")
     for name, uri in backends:
@@ -115,6 +117,7 @@ def main() -> None:
         except Exception as exc:  # a benchmark reports, it never fails the build
             print(f"| {name:<22} | skipped: {type(exc).__name__}: {exc} |", flush=True)
     engine.close()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
