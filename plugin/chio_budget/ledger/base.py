@@ -15,6 +15,7 @@ Every backend promises the same things (one contract suite checks them all):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal, Protocol, Sequence, runtime_checkable
 from urllib.parse import quote
 
@@ -78,6 +79,7 @@ class Ledger(Protocol):
     def close(self) -> None: ...
 
 
+@lru_cache(maxsize=65536)  # on every decision's path; quoting is slow and keys repeat
 def counter_key(policy_id: str, scope: str, ident: str = "", window: str = "") -> str:
     """``policy/window/scope/ident``, each segment percent-quoted.
 
