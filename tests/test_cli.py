@@ -140,3 +140,13 @@ def test_demo_prints_decisions_and_remaining():
     assert '{"scope":"tool","tool_key":"s1:expensive","limit_units":500' in r.stdout
     assert "4 of 12 calls denied" in r.stdout
     assert "spent 10000 of 10000 USD" in r.stdout
+
+
+def test_real_opa_test_agrees_when_opa_is_installed(opa_bin):
+    """With a real ``opa`` (``OPA_BIN`` or PATH) the same Rego tests pass under ``opa test``."""
+    if not opa_bin:
+        pytest.skip("no opa binary (OPA_BIN unset, none on PATH): the embedded runner covers the Rego tests")
+    r = subprocess.run([opa_bin, "test", str(REGO_DIR), "-v"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ours = run("test-rego", REGO_DIR)
+    assert ours.stdout.rstrip().splitlines()[-2] in r.stdout  # same "PASS: n/n"

@@ -72,9 +72,19 @@ def test_unsettled_reservation_expires_after_ttl():
     auth = g.authorize(make_meta(), 2900)
     assert g.total_spent() == 2900
     clock.now += 31
-    assert g.total_spent() == 0
-    assert auth.commit().outcome == "expired"
-    assert g.total_spent() == 0
+    assert g.total_spent() == 0  # an abandoned reservation stops blocking the budget
+
+
+def test_commit_after_expiry_still_counts_the_spend_once():
+    clock = FakeClock()
+    g = guard_for(rust_policy(), ledger=MemoryLedger(clock=clock), reservation_ttl=30)
+    auth = g.authorize(make_meta(), 2900)
+    clock.now += 31
+    s = auth.commit(actual_units=2800)
+    assert (s.outcome, s.amount) == ("committed_late", 2800)
+    assert g.total_spent() == 2800  # the call ran: its cost is never lost
+    assert auth.commit(actual_units=2800).outcome == "expired"
+    assert g.total_spent() == 2800
 
 
 def test_commit_above_estimate_is_counted_in_full():

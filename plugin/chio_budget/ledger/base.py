@@ -22,7 +22,7 @@ from urllib.parse import quote
 DEFAULT_TTL_SECONDS = 600.0
 
 ReservationState = Literal["held", "committed", "released", "expired"]
-Outcome = Literal["committed", "released", "already_committed", "already_released", "expired", "unknown"]
+Outcome = Literal["committed", "committed_late", "released", "already_committed", "already_released", "expired", "unknown"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Settlement:
 
     @property
     def changed(self) -> bool:
-        return self.outcome in ("committed", "released")
+        return self.outcome in ("committed", "committed_late", "released")
 
 
 @runtime_checkable
