@@ -173,6 +173,8 @@ class StandIn:
         self.upstream = urlsplit(upstream) if upstream else None
         self.faults = Faults()
         self.requests = 0
+        self.connections = 0  # TCP connections accepted: shows whether clients reuse them
+        self.last_headers: dict[str, str] = {}
         self._lock = threading.RLock()
         self._policies: dict[str, str] = {}
         self._data: dict[str, Any] = {}
@@ -336,6 +338,7 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.conns.add(self.connection)
+        self.server.standin.connections += 1
 
     def finish(self) -> None:
         self.server.conns.discard(self.connection)
@@ -380,6 +383,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         standin = self.server.standin
         standin.requests += 1
+        standin.last_headers = dict(self.headers.items())
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         url = urlsplit(self.path)
