@@ -146,9 +146,10 @@ class ServerEngine:
     def from_options(cls, data: Mapping[str, Any], rego_dir: str | Path | None = None, opa_url: str | None = None,
                      *, token: str | None = None, cert: str | tuple[str, str] | None = None,
                      ca_bundle: str | None = None, timeout: float = 1.5, retries: int = 2, pool_size: int = 16,
-                     ready_timeout: float = 10.0, verify_revision: bool = True, push: bool = False,
+                     ready_timeout: float | None = None, verify_revision: bool = True, push: bool = False,
                      **unknown: Any) -> "ServerEngine":
-        """What ``make_engine("server", ...)`` calls. ``opa_url`` defaults to env ``CHIO_OPA_URL``.
+        """What ``make_engine("server", ...)`` calls. ``opa_url`` defaults to env ``CHIO_OPA_URL``,
+        ``ready_timeout`` to env ``CHIO_OPA_READY_TIMEOUT``, else 10 seconds.
 
         ``push=True`` uploads ``data`` and the Rego of ``rego_dir`` before
         waiting (handy for a bare ``opa run --server``); otherwise
@@ -157,6 +158,11 @@ class ServerEngine:
         if unknown:
             raise EngineError(f"server engine: unknown option(s) {', '.join(sorted(unknown))}")
         opa_url = opa_url or os.environ.get("CHIO_OPA_URL")
+        if ready_timeout is None:
+            try:
+                ready_timeout = float(os.environ.get("CHIO_OPA_READY_TIMEOUT") or 10.0)
+            except ValueError:
+                raise EngineError("CHIO_OPA_READY_TIMEOUT: expected seconds, e.g. 10") from None
         if not opa_url:
             raise EngineError("server engine: no OPA URL (pass opa_url=..., --opa-url or set CHIO_OPA_URL)")
         client = make_client(opa_url, token=token, cert=cert, ca_bundle=ca_bundle, timeout=timeout,
