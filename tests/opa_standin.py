@@ -338,7 +338,8 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.conns.add(self.connection)
-        self.server.standin.connections += 1
+        with self.server.standin._lock:
+            self.server.standin.connections += 1
 
     def finish(self) -> None:
         self.server.conns.discard(self.connection)
