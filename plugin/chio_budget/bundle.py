@@ -121,7 +121,7 @@ def push(client: Any, contents: BundleContents) -> str:
     step = "connect"
     try:
         step = "list policies"
-        existing = [p for p in client.get_policies_list() if p.startswith(PUSH_PREFIX)]
+        existing = [p for p in _policy_ids(client) if p.startswith(PUSH_PREFIX)]
         wanted = {PUSH_PREFIX + path: src for path, src in contents.modules.items()}
         for pid, src in sorted(wanted.items()):
             step = f"PUT /v1/policies/{pid}"
@@ -141,6 +141,18 @@ def push(client: Any, contents: BundleContents) -> str:
     if got != contents.revision:
         raise EngineError(f"push: the server's data revision is {got}, expected {contents.revision}")
     return got
+
+
+def _policy_ids(client: Any) -> list[str]:
+    """``GET /v1/policies`` (OPA's documented path) on the client's session.
+
+    The client's own ``get_policies_list`` asks for ``/v1/policies/`` with a
+    trailing slash, which is not the documented endpoint; this one request
+    bypasses it and keeps everything else (session, headers, TLS, timeout).
+    """
+    r = client._session.get(f"{client.root_url}/policies", timeout=client.timeout)
+    r.raise_for_status()
+    return [p.get("id") for p in r.json().get("result", []) if isinstance(p, dict) and p.get("id")]
 
 
 def _describe(exc: BaseException) -> str:
