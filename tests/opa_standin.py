@@ -329,6 +329,9 @@ class _Server(ThreadingHTTPServer):
         self.conns: set[socket.socket] = set()
         super().__init__(*args, **kwargs)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that gave up (timeout fault, stop()) is expected here; stay quiet."""
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"

@@ -17,8 +17,7 @@ from chio_budget.compiler import compile_policies, data_document, data_revision
 from chio_budget.engines import make_engine
 from chio_budget.engines.server import make_client
 from chio_budget.policy import load_policies
-from opa_fixtures import POLICIES_DIR, REGO_DIR, opa_server_blank  # noqa: F401 (fixture)
-from opa_standin import StandIn
+from opa_fixtures import POLICIES_DIR, REGO_DIR, opa_server_blank, start_opa  # noqa: F401 (fixture)
 
 
 @pytest.fixture
@@ -75,8 +74,10 @@ def test_opa_loads_the_bundle_and_decides_with_the_teams_extension(tmp_path, reg
     out = tmp_path / "bundle.tar.gz"
     write_bundle(POLICIES_DIR, rego_dir, out)
     data = data_document(load_policies(POLICIES_DIR))
-    with StandIn(bundle=out) as opa:
-        assert opa.bundle_revision == data_revision(load_policies(POLICIES_DIR))
+    opa = start_opa(out)
+    try:
+        if opa.kind == "standin":
+            assert opa.front.bundle_revision == data_revision(load_policies(POLICIES_DIR))
         engine = make_engine("server", data, opa_url=opa.url)
         try:
             inp = {"policy_id": "default",
@@ -92,6 +93,8 @@ def test_opa_loads_the_bundle_and_decides_with_the_teams_extension(tmp_path, reg
         # a bundle owns its root: OPA refuses writes under it
         r = requests.put(f"{opa.url}/v1/data/chio/budget/policies", json={}, timeout=5)
         assert r.status_code == 400 and "owned by bundle" in r.json()["message"]
+    finally:
+        opa.close()
 
 
 def test_cli_bundle_writes_the_file(tmp_path):
@@ -161,8 +164,11 @@ def test_cli_push_confirms_the_revision(opa_server_blank):
 def test_cli_push_to_a_bundle_owned_server_fails(tmp_path):
     out = tmp_path / "b.tar.gz"
     write_bundle(POLICIES_DIR, REGO_DIR, out)
-    with StandIn(bundle=out) as opa:
+    opa = start_opa(out)
+    try:
         r = CliRunner().invoke(app, ["push", str(POLICIES_DIR), str(REGO_DIR), "--opa-url", opa.url])
+    finally:
+        opa.close()
     assert r.exit_code == 1 and "owned by bundle" in r.output
 
 

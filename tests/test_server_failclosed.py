@@ -53,7 +53,7 @@ def test_opa_failure_denies_reserves_nothing_and_recovers(opa_server_blank, faul
     _, break_opa, mend_opa, cause = fault
     server = opa_server_blank
     guard = BudgetGuard.from_files(POLICIES_DIR, engine="server", opa_url=server.url, rego_dir=REGO_DIR,
-                                   push=True, timeout=0.5, retries=0)
+                                   push=True, timeout=1.0, retries=0)
     try:
         guard.record(make_meta(receipt="before"), 1000)
         assert guard.total_spent() == 1000
@@ -82,7 +82,7 @@ def test_opa_failure_denies_reserves_nothing_and_recovers(opa_server_blank, faul
 def test_refused_even_for_a_request_that_would_be_denied_anyway(opa_server_blank):
     """The cause stays the engine error, not a budget violation made up without OPA."""
     guard = BudgetGuard.from_files(POLICIES_DIR, engine="server", opa_url=opa_server_blank.url, rego_dir=REGO_DIR,
-                                   push=True, timeout=0.5, retries=0)
+                                   push=True, timeout=1.0, retries=0)
     try:
         opa_server_blank.stop()
         d = guard.check(make_meta(), 10**6)
