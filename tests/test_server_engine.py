@@ -209,3 +209,55 @@ def test_engine_is_reachable_as_serverengine_from_options(opa_server):
         assert e.decide(_input(1)).allow
     finally:
         e.close()
+
+
+def test_decide_never_raises_whatever_the_input(opa_server):
+    engine = make_engine("server", DATA, opa_url=opa_server.url)
+    try:
+        for bad in [{"policy_id": {"not": "a string"}}, {"policy_id": ["x"]}, {}, {"policy_id": None}]:
+            d = engine.decide(bad)
+            assert not d.allow and d.error.startswith("engine error:"), bad
+    finally:
+        engine.close()
+
+
+def test_a_decision_for_a_policy_this_guard_did_not_compile_is_refused(opa_server_blank):
+    """OPA may know more policies than the guard; their decisions are not vouched for."""
+    both = json.loads(json.dumps(DATA))
+    both["chio"]["budget"]["policies"]["other"] = dict(both["chio"]["budget"]["policies"]["default"])
+    make_engine("server", both, opa_url=opa_server_blank.url, push=True, rego_dir=REGO_DIR).close()
+    engine = make_engine("server", DATA, opa_url=opa_server_blank.url)
+    try:
+        d = engine.decide({**_input(1), "policy_id": "other"})
+        assert not d.allow and "which this guard did not compile" in d.error
+        assert engine.decide(_input(1)).allow
+    finally:
+        engine.close()
+
+
+def test_no_overspend_when_threads_authorize_through_the_server_engine(opa_server):
+    """Reserve -> OPA -> release/commit stays atomic with OPA behind HTTP: the total limit binds exactly."""
+    guard = BudgetGuard.from_files(POLICIES_DIR, engine="server", opa_url=opa_server.url, timeout=5)
+    allowed: list[int] = []
+    errors: list[str] = []
+
+    def worker(n: int) -> None:
+        for i in range(20):  # 8 agents x 20 x 100 = 16000 asked; each agent stays under its 3000
+            a = guard.authorize(make_meta(agent=f"a{n}", receipt=f"r{n}-{i}", session=None), 100)
+            if a.decision.error:
+                errors.append(a.decision.error)
+            if a.allow:
+                a.commit()
+                allowed.append(100)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert sum(allowed) == guard.total_spent() == 10000  # max_total, not a unit more or less
+        assert guard.remaining() == 0
+    finally:
+        guard.close()

@@ -218,7 +218,14 @@ class ServerEngine:
     # -- deciding ------------------------------------------------------------
 
     def decide(self, input: dict[str, Any]) -> Decision:
-        policy_id = input.get("policy_id") if isinstance(input, dict) else None
+        raw_id = input.get("policy_id") if isinstance(input, dict) else None
+        policy_id = raw_id if isinstance(raw_id, str) else None
+        try:
+            return self._decide(input, policy_id)
+        except Exception as exc:  # the promise is "never raises": anything left over denies too
+            return Decision.deny_error(f"engine error: {type(exc).__name__}: {exc}", policy_id)
+
+    def _decide(self, input: dict[str, Any], policy_id: str | None) -> Decision:
         try:
             body = self._client.query_rule(input, _PACKAGE, _RULE)
         except Exception as exc:
@@ -231,14 +238,18 @@ class ServerEngine:
         if d.error is not None:
             return d.model_copy(update={"error": f"engine error: {d.error}"})
         if self.verify_revision:
-            want = self.revisions.get(policy_id)  # type: ignore[arg-type]
-            if want is None or d.policy_revision != want:
+            want = self.revisions.get(policy_id) if policy_id is not None else None
+            if want is None:
+                return Decision.deny_error(
+                    f"engine error: revision mismatch: OPA decided for policy {policy_id!r}, "
+                    "which this guard did not compile", policy_id)
+            if d.policy_revision != want:
                 return Decision.deny_error(
                     f"engine error: revision mismatch: OPA decided with policy revision {d.policy_revision}, "
                     f"this guard compiled {want}", policy_id)
         return d
 
-    def _undefined_cause(self, policy_id: Any) -> str:
+    def _undefined_cause(self, policy_id: str | None) -> str:
         """Name why OPA answered ``{}``; same wording as the embedded engine where they overlap."""
         if policy_id not in self.revisions:
             return "decision undefined: unknown policy_id %r" % (policy_id,)
