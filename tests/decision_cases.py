@@ -84,6 +84,15 @@ CASES: list[DecisionCase] = [
     case("jpy_policy", _JPY, [(_m(), 400)], _m(), 101),
     DecisionCase("unknown_policy_id", data_document({_P.id: _P}),
                  {**engine_input(_P, _m(), 1, RustEnforcer(_P)), "policy_id": "nope"}, None),
+    # A caller of OPA's API that leaves out the numbers is denied, never
+    # read as "no limit" (the guard always builds the full input).
+    DecisionCase("input_without_cost_or_totals", data_document({_P.id: _P}), {"policy_id": "default"},
+                 {**expected_decision(_P, []), "allow": False, "violations": [
+                     {"scope": "custom", "code": "invalid_input", "message": m} for m in sorted([
+                         "cost.currency must be a string", "cost.units must be an integer >= 0",
+                         "request.agent_id must be a string", "request.tool_key must be a string",
+                         "totals.agent must be an integer >= 0", "totals.tool must be an integer >= 0",
+                         "totals.total must be an integer >= 0"])]}),
     DecisionCase("currency_mismatch", data_document({_P.id: _P}),
                  engine_input(_P, _m(), 1, RustEnforcer(_P), currency="EUR"),
                  {**expected_decision(_P, []), "allow": False, "violations": [

@@ -212,3 +212,36 @@ test_warnings_from_extension_do_not_deny if {
 	d.allow == true
 	d.warnings == [{"scope": "soft_total", "message": "80% spent"}]
 }
+
+test_missing_cost_denies_as_invalid_input if {
+	inp := object.remove(_input(1, _zero), ["cost"])
+	d := _decide(inp)
+	d.allow == false
+	{v.message | some v in d.violations} == {"cost.units must be an integer >= 0", "cost.currency must be a string"}
+}
+
+test_missing_totals_deny_as_invalid_input if {
+	d := _decide(object.remove(_input(1, _zero), ["totals"]))
+	d.allow == false
+	{v.message | some v in d.violations} == {
+		"totals.total must be an integer >= 0", "totals.agent must be an integer >= 0",
+		"totals.tool must be an integer >= 0",
+		"totals.session must be an integer >= 0 when request.session_id is set",
+	}
+}
+
+test_negative_or_fractional_cost_denies if {
+	every cost in [-1, 1.5, "5"] {
+		d := _decide(_input(cost, _zero))
+		d.allow == false
+		some v in d.violations
+		v.code == "invalid_input"
+	}
+}
+
+test_missing_request_ids_deny if {
+	inp := object.union(object.remove(_input(1, _zero), ["request"]), {"request": {"session_id": null}})
+	d := _decide(inp)
+	d.allow == false
+	{v.message | some v in d.violations} == {"request.agent_id must be a string", "request.tool_key must be a string"}
+}
