@@ -365,3 +365,36 @@ def test_concurrent_evaluations_of_one_guard_keep_their_own_evidence():
     with ThreadPoolExecutor(max_workers=6) as pool:
         got = list(pool.map(call, range(6)))
     assert got == [(f"r{i}", i + 1) for i in range(6)]
+
+
+# -- robustness ---------------------------------------------------------------
+
+
+def test_a_failure_after_the_hold_gives_the_reservation_back():
+    class ExplodingMetrics:
+        def set_open(self, *a):
+            raise RuntimeError("metrics backend down")
+
+    b = budget()
+    b.metrics = ExplodingMetrics()
+    d = GuardChain([b]).evaluate(ctx("r1", cost_estimate=200))
+    assert d.verdict == "deny" and "budget error (fail-closed)" in d.evidence[0].details
+    assert b.open_holds() == 0 and b.guard.total_spent() == 0
+    assert b.guard.ledger.open_reservations() == 0
+
+
+@pytest.mark.parametrize("rates, err", [({"EUR": 1.08}, TypeError), ({"EUR": "0"}, ValueError),
+                                        ({"EUR": "abc"}, ValueError), ({"eur": "1"}, ValueError)])
+def test_unusable_rates_are_refused_up_front(rates, err):
+    with pytest.raises(err):
+        budget(rates=rates)
+
+
+def test_holds_that_never_report_back_are_forgotten():
+    b = budget(forget_holds_after=0.0)
+    b.forget_check_every = 2
+    b.evaluate(ctx("r1", cost_estimate=1))
+    assert b.open_holds() == 1  # first evaluation: no sweep yet
+    b.evaluate(ctx("r2", cost_estimate=1))
+    assert b.open_holds() == 0  # second: both are older than 0 s and forgotten
+    assert b.on_invocation_complete("r1").outcome == "unknown"

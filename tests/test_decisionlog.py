@@ -113,6 +113,11 @@ def test_concurrent_writes_never_interleave(tmp_path):
     for e in evs:
         by_id.setdefault(e["decision_id"], []).append(e["type"])
     assert len(by_id) == 60 and all(sorted(t) == ["decision", "settlement"] for t in by_id.values())
+    # each decision logged the OPA input of its own request (the engine record is per thread)
+    for e in evs:
+        if e["type"] == "decision":
+            assert e["input"]["request"]["receipt_id"] == e["chio"]["request_id"]
+            assert e["input"]["request"]["agent_id"] == "ag" + e["chio"]["request_id"][1:]
 
 
 # -- shadow mode --------------------------------------------------------------

@@ -39,7 +39,7 @@ from .decision import Decision
 from .decisionlog import DecisionLog, DecisionLogError, new_decision_id
 from .guard import Authorization, BudgetGuard
 from .metrics import BudgetMetrics
-from .money import U64_MAX, MonetaryAmount, Units, check_units
+from .money import U64_MAX, MonetaryAmount, Units, check_currency, check_units
 from .shadow import ShadowPolicy
 
 Verdict = Literal["allow", "deny", "pending_approval"]
@@ -270,10 +270,28 @@ class _Held:
     estimate: int
     decision_id: str
     request: dict[str, Any] = field(default_factory=dict)
+    held_at: float = field(default_factory=time.monotonic)
 
 
 class CostError(ValueError):
     """A cost (estimate or actual) that cannot be turned into policy-currency units."""
+
+
+def _check_rates(rates: Mapping[str, Any]) -> dict[str, Fraction]:
+    """Rates as exact Fractions, refused up front (not at the first call) when unusable."""
+    out: dict[str, Fraction] = {}
+    for code, rate in rates.items():
+        code = check_currency(code, "rates key")
+        if isinstance(rate, (float, bool)):
+            raise TypeError(f"rates[{code!r}]: must be exact (Fraction, int or decimal string), not {type(rate).__name__}")
+        try:
+            r = Fraction(rate)
+        except (ValueError, TypeError, ZeroDivisionError):
+            raise ValueError(f"rates[{code!r}]: not a number: {rate!r}") from None
+        if r <= 0:
+            raise ValueError(f"rates[{code!r}]: must be > 0")
+        out[code] = r
+    return out
 
 
 def _to_units(amount: MonetaryAmount, currency: str, rates: Mapping[str, Any]) -> int:
@@ -354,12 +372,19 @@ class BudgetChainGuard:
     instead of denying it. The guard's engine is wrapped in an
     ``ObservedEngine`` (in place) so decisions can be logged with their OPA
     input and evaluation time.
+
+    Holds whose call never reports back are forgotten after
+    ``forget_holds_after`` seconds (checked every ``forget_check_every``
+    evaluations), so a long-running kernel does not accumulate them; the
+    ledger's TTL has released their reservations long before.
     """
+
+    forget_check_every = 1024
 
     def __init__(self, guard: BudgetGuard, *, name: str = "budget", decision_log: DecisionLog | None = None,
                  metrics: BudgetMetrics | None = None, shadows: Sequence[Any] = (),
                  rates: Mapping[str, Fraction | str | int] | None = None, allow_unpriced: bool = False,
-                 remember_settled: int = 100_000):
+                 remember_settled: int = 100_000, forget_holds_after: float = 86_400.0):
         self.name = name
         self.guard = guard
         if not isinstance(guard.engine, ObservedEngine):
@@ -368,8 +393,10 @@ class BudgetChainGuard:
         self.decision_log = decision_log
         self.metrics = metrics
         self.shadows = [s if isinstance(s, ShadowPolicy) else ShadowPolicy(s) for s in shadows]
-        self.rates = dict(rates or {})
+        self.rates = _check_rates(rates or {})
         self.allow_unpriced = allow_unpriced
+        self.forget_holds_after = forget_holds_after
+        self._evaluations = 0
         self._lock = threading.Lock()
         self._held: dict[str, _Held] = {}
         self._settled: OrderedDict[str, SettlementResult] = OrderedDict()
@@ -404,8 +431,36 @@ class BudgetChainGuard:
     # -- Guard --------------------------------------------------------------
 
     def evaluate(self, ctx: GuardContext | Mapping[str, Any]) -> GuardDecision:
+        """Estimate, reserve, decide, log. Never leaves a hold behind when it denies or raises."""
         if not isinstance(ctx, GuardContext):
             ctx = GuardContext.model_validate(ctx)
+        placed: list[_Held] = []
+        try:
+            return self._evaluate(ctx, placed)
+        except BaseException:
+            for h in placed:  # something after the hold failed: the chain will deny, so give it back
+                with self._lock:
+                    if self._held.get(ctx.request_id) is h:
+                        del self._held[ctx.request_id]
+                try:
+                    h.auth.release()
+                except Exception:
+                    pass  # the ledger TTL releases it
+            raise
+        finally:
+            self._maybe_forget()
+
+    def _maybe_forget(self) -> None:
+        with self._lock:
+            self._evaluations += 1
+            if self._evaluations % self.forget_check_every:
+                return
+            cutoff = time.monotonic() - self.forget_holds_after
+            stale = [rid for rid, h in self._held.items() if h.held_at < cutoff]
+            for rid in stale:
+                del self._held[rid]
+
+    def _evaluate(self, ctx: GuardContext, placed: list) -> GuardDecision:
         policy = self.policy
         decision_id = new_decision_id()
         meta = CostMetadata(receipt_id=ctx.request_id,
@@ -429,9 +484,11 @@ class BudgetChainGuard:
             if seen is not None:
                 opa_input, _, eval_ns = seen
             if decision.allow:
+                h = _Held(auth, meta, auth.estimate_units, decision_id, request)
                 with self._lock:
-                    self._held[ctx.request_id] = _Held(auth, meta, auth.estimate_units, decision_id, request)
+                    self._held[ctx.request_id] = h
                     n_open = len(self._held)
+                placed.append(h)
                 held = True
                 if self.metrics:
                     self.metrics.set_open(policy.id, n_open)
