@@ -308,7 +308,7 @@ def test_completion_after_the_hold_expired_still_counts_the_spend():
     now[0] += 11
     assert ledger.expire() == ["r1"] and b.guard.total_spent() == 0
     r = b.on_invocation_complete("r1", 180)
-    assert (r.outcome, r.committed_units) == ("committed_after_expiry", 180)
+    assert (r.outcome, r.committed_units) == ("committed_late", 180)
     assert b.guard.total_spent() == 180
 
 

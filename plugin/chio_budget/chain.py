@@ -240,8 +240,8 @@ class ObservedEngine:
 class SettlementResult:
     """How one call's reservation ended.
 
-    ``outcome``: ``committed`` | ``released`` | ``committed_after_expiry``
-    (the hold had expired; the spend was recorded anyway) |
+    ``outcome``: ``committed`` | ``released`` | ``committed_late``
+    (the hold had expired; the guard recorded the spend anyway) |
     ``already_settled`` (no-op) | ``unknown`` (no hold for this id: denied,
     never seen, or forgotten) | ``error`` (the ledger failed; the hold is
     kept so settlement can be retried).
@@ -260,7 +260,7 @@ class SettlementResult:
 
     @property
     def changed(self) -> bool:
-        return self.outcome in ("committed", "released", "committed_after_expiry")
+        return self.outcome in ("committed", "committed_late", "released")
 
 
 @dataclass
@@ -566,7 +566,7 @@ class BudgetChainGuard:
         under-count) and says so in ``error``. Actual above the estimate is
         committed and flagged ``over_estimate`` (the kernel marks such
         settlements failed). If the hold had already expired, a completed
-        call's spend is recorded anyway (``committed_after_expiry``).
+        call's spend is recorded anyway (``committed_late``).
         """
         cur = self.policy.currency
         with self._lock:
@@ -591,16 +591,9 @@ class BudgetChainGuard:
                     actual, source = actual_units(result, cur, self.rates)
                 except CostError as exc:
                     actual, source, error = None, "estimate (actual unreadable)", f"{exc}; estimate committed"
-                amount = h.estimate if actual is None else actual
                 over = actual is not None and actual > h.estimate
-                s = h.auth.commit(actual)
-                if s.outcome == "committed":
-                    outcome, committed = "committed", s.amount
-                elif s.outcome == "expired":
-                    self.guard.record(h.meta, amount)
-                    outcome, committed = "committed_after_expiry", amount
-                else:
-                    outcome, committed = s.outcome, None
+                s = h.auth.commit(actual)  # past the TTL the guard adds it as plain spend: committed_late
+                outcome, committed = s.outcome, (s.amount if s.outcome in ("committed", "committed_late") else None)
         except Exception as exc:
             with self._lock:
                 self._held.setdefault(request_id, h)  # keep it: settlement can be retried
