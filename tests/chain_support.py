@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import uuid
 
@@ -68,19 +67,25 @@ class Pending:
                                         "details": "needs a human"}])
 
 
+REDIS_URL = os.environ.get("CHIO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
 def _redis_up() -> bool:
+    import redis
+
     try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1).ping()
         return True
-    except OSError:
+    except Exception:
         return False
 
 
-def ledger_uri(kind: str, tmp_path) -> str:
+def ledger_uri(kind: str, tmp_path, request=None) -> str:
     """A ledger URI for ``kind``, skipping (loudly) when the backend cannot run here.
 
     A backend module missing from this build is skipped; a missing Redis
-    server fails instead when ``CHIO_REQUIRE_REDIS=1`` (CI).
+    server fails instead when ``CHIO_REQUIRE_REDIS=1`` (CI). Redis gets a
+    key prefix of its own, deleted after the test when ``request`` is given.
     """
     if kind == "memory":
         return "memory"
@@ -93,8 +98,19 @@ def ledger_uri(kind: str, tmp_path) -> str:
     if not _redis_up():
         if os.environ.get("CHIO_REQUIRE_REDIS") == "1":
             pytest.fail("CHIO_REQUIRE_REDIS=1 but no Redis on 127.0.0.1:6379")
-        pytest.skip("SKIPPED: no Redis on 127.0.0.1:6379 (set CHIO_REQUIRE_REDIS=1 to make this a failure)")
-    return "redis://127.0.0.1:6379/0"
+        pytest.skip(f"SKIPPED: no Redis at {REDIS_URL} (set CHIO_REQUIRE_REDIS=1 to make this a failure)")
+    prefix = f"chio-chain-test-{uuid.uuid4().hex[:12]}"
+    if request is not None:
+        def cleanup():
+            import redis
+
+            r = redis.Redis.from_url(REDIS_URL)
+            keys = list(r.scan_iter(match=f"{{{prefix}}}:*")) + list(r.scan_iter(match=f"{prefix}:*"))
+            if keys:
+                r.delete(*keys)
+        request.addfinalizer(cleanup)
+    sep = "&" if "?" in REDIS_URL else "?"
+    return f"{REDIS_URL}{sep}prefix={prefix}"
 
 
 def unique_policy(**overrides):

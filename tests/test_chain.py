@@ -324,10 +324,10 @@ def test_chain_settlement_reaches_the_budget_guard():
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
-def test_concurrent_requests_never_overspend_and_totals_equal_commits(kind, tmp_path):
+def test_concurrent_requests_never_overspend_and_totals_equal_commits(kind, tmp_path, request):
     policy = unique_policy(max_total=1000, max_per_session=None, max_per_agent=None, max_per_tool=None,
                            prices={"s1:search": 7})
-    b = budget(policy, ledger=ledger_uri(kind, tmp_path))
+    b = budget(policy, ledger=ledger_uri(kind, tmp_path, request))
     chain = GuardChain([AllowAll(), b, DenyOnTool("s1:rm")])
     prefix = policy.id
 

@@ -34,13 +34,13 @@ def rust_cost(receipt: str, units: int) -> str:
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
-def test_scripted_session_through_a_three_guard_chain(kind, tmp_path):
+def test_scripted_session_through_a_three_guard_chain(kind, tmp_path, request):
     policy = unique_policy(max_total=1000, max_per_session=600, max_per_agent=500, max_per_tool=None,
                          prices={"s1:search": 100, "s1:summarize": 250})
     log_path = tmp_path / "decisions.jsonl"
     metrics = BudgetMetrics()
     pid = policy.id
-    budget = BudgetChainGuard(guard_for(policy, ledger=ledger_uri(kind, tmp_path)), decision_log=DecisionLog(log_path), metrics=metrics)
+    budget = BudgetChainGuard(guard_for(policy, ledger=ledger_uri(kind, tmp_path, request)), decision_log=DecisionLog(log_path), metrics=metrics)
     allow_all, deny_rm = AllowAll(), DenyOnTool("s1:rm")
     chain = GuardChain([allow_all, budget, deny_rm])
 
