@@ -398,3 +398,23 @@ def test_holds_that_never_report_back_are_forgotten():
     b.evaluate(ctx("r2", cost_estimate=1))
     assert b.open_holds() == 0  # second: both are older than 0 s and forgotten
     assert b.on_invocation_complete("r1").outcome == "unknown"
+
+
+def test_a_ledger_that_raises_is_a_logged_deny():
+    from chio_budget.decisionlog import DecisionLog
+
+    class DownLedger:
+        def reserve(self, *a, **k):
+            raise ConnectionError("ledger unreachable")
+
+        def close(self):
+            pass
+
+    events = []
+    b = BudgetChainGuard(guard_for(rust_policy(prices={"s1:search": 5}), ledger=DownLedger()),
+                         decision_log=DecisionLog(events.append))
+    d = GuardChain([b]).evaluate(ctx("r1"))
+    assert d.verdict == "deny" and "ledger unreachable" in d.reason
+    (ev,) = events
+    assert ev["result"]["allow"] is False and "ledger unreachable" in ev["result"]["error"]
+    assert ev["input"]["cost"] == {"units": 5, "currency": "USD"} and ev["input"]["totals"] is None

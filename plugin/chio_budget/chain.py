@@ -478,12 +478,15 @@ class BudgetChainGuard:
             decision = Decision.deny_error(str(exc), policy.id)
         else:
             self._observed.take_last()
-            auth = self.guard.authorize(meta, est)
-            decision = auth.decision
+            try:
+                auth = self.guard.authorize(meta, est)
+                decision = auth.decision
+            except Exception as exc:  # still a logged deny, not just an exception for the chain
+                auth, decision = None, Decision.deny_error(f"guard error: {type(exc).__name__}: {exc}", policy.id)
             seen = self._observed.take_last()
             if seen is not None:
                 opa_input, _, eval_ns = seen
-            if decision.allow:
+            if decision.allow and auth is not None:
                 h = _Held(auth, meta, auth.estimate_units, decision_id, request)
                 with self._lock:
                     self._held[ctx.request_id] = h
