@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
@@ -46,8 +46,13 @@ def new_decision_id() -> str:
 
 
 def rfc3339_now() -> str:
-    """UTC with microseconds, ``Z`` suffix (OPA writes RFC 3339 timestamps)."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC with microseconds, ``Z`` suffix (OPA writes RFC 3339 timestamps).
+
+    Built from ``time.time_ns`` by hand: ``datetime.strftime`` with ``%f``
+    was a fifth of the decision log's cost per event.
+    """
+    seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
 
 
 Sink = Callable[[dict[str, Any]], None]
