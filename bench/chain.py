@@ -62,14 +62,20 @@ def build(label: str, **kw):
     return label, b, GuardChain([AllowAll(), b, DenyOnTool()])
 
 
-def calls(chain: GuardChain, label: str, start: int, n: int) -> float:
+def calls(chain: GuardChain, label: str, start: int, n: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) for ``n`` calls.
+
+    CPU time (all threads, user + system) is the steadier figure on a busy
+    machine: time spent waiting for a core while other processes run is not
+    in it.
+    """
     ctxs = [GuardContext(request_id=f"{label}-{i}", tool_name="search", server_id="s1", agent_id=f"a{i % 7}",
                          session_id=f"s{i % 3}", timestamp=1000) for i in range(start, start + n)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for c in ctxs:
         chain.evaluate(c)
         chain.on_invocation_complete(c.request_id, 4)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main() -> None:
@@ -87,20 +93,23 @@ def main() -> None:
     ]
     for label, _, chain in setups:  # warm-up: prepared-query cache, first-use allocations
         calls(chain, "warm" + label, 0, 50)
-    spent = {label: [] for label, _, _ in setups}
+    wall = {label: [] for label, _, _ in setups}
+    cpu = {label: [] for label, _, _ in setups}
     # Rounds interleave the set-ups so machine noise falls on all of them alike.
     for r in range(rounds):
         for label, _, chain in setups:
-            spent[label].append(calls(chain, label, r * per, per) / per)
+            w, c = calls(chain, label, r * per, per)
+            wall[label].append(w / per)
+            cpu[label].append(c / per)
     for _, b, _ in setups:
         b.close()
-    base = statistics.median(spent["bare"])
-    print(f"chain call = evaluate + settle; allow-all, budget, deny-on-tool; embedded OPA; memory ledger")
+    wb, cb = statistics.median(wall["bare"]), statistics.median(cpu["bare"])
+    print("chain call = evaluate + settle; allow-all, budget, deny-on-tool; embedded OPA; memory ledger")
     print(f"{rounds} interleaved rounds x {per} calls per set-up; median of the round means")
-    print(f"{'set-up':<22}{'us/call':>10}{'ratio':>8}")
+    print(f"{'set-up':<22}{'wall us/call':>13}{'ratio':>7}{'cpu us/call':>13}{'ratio':>7}")
     for label, _, _ in setups:
-        m = statistics.median(spent[label])
-        print(f"{label:<22}{m * 1e6:>10.1f}{m / base:>8.2f}")
+        w, c = statistics.median(wall[label]), statistics.median(cpu[label])
+        print(f"{label:<22}{w * 1e6:>13.1f}{w / wb:>7.2f}{c * 1e6:>13.1f}{c / cb:>7.2f}")
     with open(log) as f:
         first = f.readline().strip()
         events = 1 + sum(1 for _ in f)
