@@ -418,3 +418,55 @@ def test_a_ledger_that_raises_is_a_logged_deny():
     (ev,) = events
     assert ev["result"]["allow"] is False and "ledger unreachable" in ev["result"]["error"]
     assert ev["input"]["cost"] == {"units": 5, "currency": "USD"} and ev["input"]["totals"] is None
+
+
+# -- property: whatever the order of calls and outcomes, the ledger equals the commits
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_STEP = st.tuples(
+    st.sampled_from(["evaluate", "commit_none", "commit_actual", "fail", "settle_again"]),
+    st.integers(min_value=0, max_value=7),  # request slot
+    st.integers(min_value=0, max_value=400),  # estimate or actual units
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_STEP, min_size=1, max_size=30))
+def test_spend_always_equals_commits_plus_holds_and_never_exceeds_allowed(steps):
+    b = budget(rust_policy(max_total=1000, max_per_session=None, max_per_agent=None, max_per_tool=None,
+                           prices={"s1:search": 5}))
+    committed = 0
+    holds: dict[str, int] = {}
+    for op, slot, units in steps:
+        rid = f"r{slot}"
+        if op == "evaluate":
+            d = b.evaluate(ctx(rid, cost_estimate=units))
+            if d.allowed:
+                holds.setdefault(rid, units)  # a retry keeps the first reservation
+                assert d.evidence[0].details["estimate"]["units"] == holds[rid]
+        else:
+            r = (b.on_invocation_complete(rid, status="failed") if op == "fail" else
+                 b.on_invocation_complete(rid, units if op == "commit_actual" else None))
+            if rid in holds:
+                est = holds.pop(rid)
+                expected = 0 if op == "fail" else (units if op == "commit_actual" else est)
+                assert r.changed and r.committed_units == expected
+                committed += expected
+            else:
+                assert not r.changed
+        assert b.guard.total_spent() == committed + sum(holds.values())
+        assert b.open_holds() == len(holds)
+        # Allowed holds never push the counters over the limit (actuals above estimates may).
+        assert sum(holds.values()) <= 1000
+
+
+def test_a_retried_evaluation_keeps_the_first_reservation():
+    b = budget()
+    b.evaluate(ctx("r1", cost_estimate=100))
+    d = b.evaluate(ctx("r1", cost_estimate=250))
+    assert d.verdict == "allow"
+    assert d.evidence[0].details["estimate"]["units"] == 100
+    assert "already held" in d.evidence[0].details["estimate"]["source"]
+    assert b.guard.total_spent() == 100 and b.open_holds() == 1
+    assert b.on_invocation_complete("r1").committed_units == 100

@@ -487,12 +487,16 @@ class BudgetChainGuard:
             if seen is not None:
                 opa_input, _, eval_ns = seen
             if decision.allow and auth is not None:
+                if auth.estimate_units != est:
+                    # The request already held a reservation (a retry): that one stands, at its amount.
+                    est, source = auth.estimate_units, f"{source}; request already held, its reservation kept"
                 h = _Held(auth, meta, auth.estimate_units, decision_id, request)
                 with self._lock:
-                    self._held[ctx.request_id] = h
+                    prior = self._held.setdefault(ctx.request_id, h)
                     n_open = len(self._held)
-                placed.append(h)
-                held = True
+                if prior is h:
+                    placed.append(h)
+                    held = True  # ours to give back if this evaluation ends in a deny
                 if self.metrics:
                     self.metrics.set_open(policy.id, n_open)
         if opa_input is None:  # OPA was not asked (no estimate, ledger failure): log what we know

@@ -127,7 +127,8 @@ class DecisionLog:
         """Write one event; raises ``DecisionLogError`` if the sink fails."""
         try:
             if self._callable is not None:
-                self._callable(event)
+                with self._lock:  # one event at a time: the callable need not be thread-safe
+                    self._callable(event)
                 return
             line = json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n"
             with self._lock:
