@@ -142,6 +142,8 @@ def test_shadow_is_logged_and_diffed_but_never_enforced(tmp_path):
     # The shadow never reserved or recorded anything anywhere.
     assert strict.total_spent() == 0 and strict.ledger.open_reservations() == 0
     assert b.guard.total_spent() == 400
+    text = explain(find_decision(read_events(log), second["decision_id"]))
+    assert "DISAGREES with enforced" in text and "shadow-only violation: total" in text
 
 
 def test_a_broken_shadow_never_affects_the_call(tmp_path):
