@@ -184,6 +184,21 @@ def push(policies: Path = typer.Argument(Path("policies"), help="policy director
     typer.echo(f"pushed to {opa_url}: revision {revision}")
 
 
+@app.command()
+def explain(decision_id: str = typer.Argument(..., help="decision_id from a decision-log line"),
+            log: Path = typer.Option(..., "--log", help="decision-log file (JSON lines)")) -> None:
+    """Print a past decision readably: request, cost, counters, violations, shadow, settlement."""
+    from .decisionlog import DecisionLogError, explain as render_explain, find_decision, read_events
+
+    try:
+        events = find_decision(read_events(log), decision_id)
+    except DecisionLogError as exc:
+        _fail(str(exc))
+    if not events:
+        _fail(f"{log}: no event with decision_id {decision_id!r}", 1)
+    typer.echo(render_explain(events))
+
+
 def main() -> None:
     app()
 
