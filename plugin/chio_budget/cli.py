@@ -144,6 +144,61 @@ def demo(policies: Path = POLICIES, policy_id: str = POLICY_ID,
         guard.close()
 
 
+@app.command()
+def bundle(policies: Path = typer.Argument(Path("policies"), help="policy directory"),
+           rego: Optional[Path] = typer.Argument(None, help="Rego directory (default: the one shipped in the package)"),
+           output: Path = typer.Option(Path("build/bundle.tar.gz"), "-o", "--output")) -> None:
+    """Write an OPA bundle (policies compiled to data + the Rego) for `opa run --server --bundle`."""
+    from .bundle import write_bundle
+
+    try:
+        contents = write_bundle(policies, rego, output)
+    except ChioBudgetError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {output} (revision {contents.revision}, {len(contents.modules)} Rego module(s))", err=True)
+
+
+@app.command()
+def push(policies: Path = typer.Argument(Path("policies"), help="policy directory"),
+         rego: Optional[Path] = typer.Argument(None, help="Rego directory (default: the one shipped in the package)"),
+         opa_url: Optional[str] = OPA_URL,
+         token: Optional[str] = typer.Option(None, "--token", envvar="CHIO_OPA_TOKEN", help="bearer token"),
+         timeout: float = typer.Option(5.0, "--timeout", help="seconds per request")) -> None:
+    """PUT the compiled data and the Rego into a running OPA, then confirm the revision it serves."""
+    from .bundle import bundle_contents, push as push_to
+    from .engines.server import make_client
+
+    if not opa_url:
+        _fail("--opa-url (or CHIO_OPA_URL) is required")
+    try:
+        contents = bundle_contents(policies, rego)
+        client = make_client(opa_url, token=token, timeout=timeout)
+    except ChioBudgetError as exc:
+        _fail(str(exc))  # bad input: exit 2
+    try:
+        revision = push_to(client, contents)
+    except ChioBudgetError as exc:
+        _fail(f"{opa_url}: {exc}", 1)  # the server refused or failed
+    finally:
+        client.close_connection()
+    typer.echo(f"pushed to {opa_url}: revision {revision}")
+
+
+@app.command()
+def explain(decision_id: str = typer.Argument(..., help="decision_id from a decision-log line"),
+            log: Path = typer.Option(..., "--log", help="decision-log file (JSON lines)")) -> None:
+    """Print a past decision readably: request, cost, counters, violations, shadow, settlement."""
+    from .decisionlog import DecisionLogError, explain as render_explain, find_decision, read_events
+
+    try:
+        events = find_decision(read_events(log), decision_id)
+    except DecisionLogError as exc:
+        _fail(str(exc))
+    if not events:
+        _fail(f"{log}: no event with decision_id {decision_id!r}", 1)
+    typer.echo(render_explain(events))
+
+
 def main() -> None:
     app()
 

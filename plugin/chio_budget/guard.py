@@ -48,15 +48,26 @@ class Authorization:
     estimate_units: int
     _guard: "BudgetGuard" = field(repr=False)
     _held: bool = field(default=False, repr=False)
+    _keys: tuple[str, ...] = field(default=(), repr=False)
+    _late: bool = field(default=False, repr=False)
 
     @property
     def allow(self) -> bool:
         return self.decision.allow
 
     def commit(self, actual_units: int | None = None) -> Settlement:
+        """Count the call's cost. Past the TTL the reservation is gone, but the
+        call still happened: its cost is then added as plain spend
+        (``committed_late``) rather than lost, once per authorization."""
         if not self._held:
             return Settlement(self.receipt_id, "unknown")
-        return self._guard.ledger.commit(self.receipt_id, actual_units)
+        s = self._guard.ledger.commit(self.receipt_id, actual_units)
+        if s.outcome == "expired" and not self._late:
+            amount = self.estimate_units if actual_units is None else check_units(actual_units, "actual_units")
+            self._guard.ledger.add(self._keys, amount)
+            self._late = True
+            return Settlement(self.receipt_id, "committed_late", amount)
+        return s
 
     def release(self) -> Settlement:
         if not self._held:
@@ -168,7 +179,7 @@ class BudgetGuard:
             if r.created:
                 self.ledger.release(meta.receipt_id)
             return Authorization(decision, meta.receipt_id, cost, self)
-        return Authorization(decision, meta.receipt_id, r.amount, self, _held=True)
+        return Authorization(decision, meta.receipt_id, r.amount, self, _held=True, _keys=r.keys)
 
     def total_spent(self) -> int:
         """Counted spend across the policy (held reservations included)."""

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import PolicyError
 from .money import Currency, MonetaryAmount
@@ -30,6 +30,9 @@ def _check_tool_key(key: str) -> str:
     if not sep or ":" in tool or not server or not tool:
         raise ValueError(f"tool key {key!r} must be 'server:tool' with exactly one ':'")
     return key
+
+
+ToolKey = Annotated[str, AfterValidator(_check_tool_key)]
 
 
 class BudgetPolicy(BaseModel):
@@ -48,8 +51,8 @@ class BudgetPolicy(BaseModel):
     max_total: MonetaryAmount
     max_per_session: MonetaryAmount | None = None
     max_per_agent: MonetaryAmount | None = None
-    max_per_tool: dict[str, MonetaryAmount] = Field(default_factory=dict)
-    prices: dict[str, MonetaryAmount] = Field(
+    max_per_tool: dict[ToolKey, MonetaryAmount] = Field(default_factory=dict)
+    prices: dict[ToolKey, MonetaryAmount] = Field(
         default_factory=dict,
         description="per-invocation price estimates keyed 'server:tool' (used by the guard chain)",
     )
@@ -76,13 +79,6 @@ class BudgetPolicy(BaseModel):
             if isinstance(out.get(name), dict):
                 out[name] = {k: lift(v) for k, v in out[name].items()}
         return out
-
-    @field_validator("max_per_tool", "prices")
-    @classmethod
-    def _tool_keys(cls, value: dict[str, MonetaryAmount]) -> dict[str, MonetaryAmount]:
-        for key in value:
-            _check_tool_key(key)
-        return value
 
     def amounts(self) -> list[tuple[tuple[str, ...], MonetaryAmount]]:
         """Every amount with its field path, for checks that span them all."""

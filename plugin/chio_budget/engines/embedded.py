@@ -15,7 +15,7 @@ from opa_bindings import OpaEngine, OpaError, OpaUndefinedError
 from ..compiler import DECISION_PATH
 from ..decision import Decision
 from ..errors import EngineError
-from .base import rego_modules
+from .base import default_rego_dir, rego_modules
 
 _DOCUMENT = DECISION_PATH.replace("/", ".")
 
@@ -30,7 +30,11 @@ class EmbeddedEngine:
         self._opa.print_handler = lambda _msg, _loc: None
         self._policy_ids = set(data.get("chio", {}).get("budget", {}).get("policies", {}))
         try:
-            for path, src in (modules if modules is not None else rego_modules(rego_dir)).items():
+            if modules is None:
+                # Module names are real paths, so Rego errors point at files.
+                root = Path(rego_dir) if rego_dir is not None else default_rego_dir()
+                modules = {str(root / rel): src for rel, src in rego_modules(root).items()}
+            for path, src in modules.items():
                 self._opa.add_policy(path, src)
             self._opa.add_data(dict(data))
             # Compile now so a Rego error surfaces at start-up, not on a call.

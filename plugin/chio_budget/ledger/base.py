@@ -15,13 +15,14 @@ Every backend promises the same things (one contract suite checks them all):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal, Protocol, Sequence, runtime_checkable
 from urllib.parse import quote
 
 DEFAULT_TTL_SECONDS = 600.0
 
 ReservationState = Literal["held", "committed", "released", "expired"]
-Outcome = Literal["committed", "released", "already_committed", "already_released", "expired", "unknown"]
+Outcome = Literal["committed", "committed_late", "released", "already_committed", "already_released", "expired", "unknown"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Settlement:
 
     @property
     def changed(self) -> bool:
-        return self.outcome in ("committed", "released")
+        return self.outcome in ("committed", "committed_late", "released")
 
 
 @runtime_checkable
@@ -78,6 +79,7 @@ class Ledger(Protocol):
     def close(self) -> None: ...
 
 
+@lru_cache(maxsize=65536)  # on every decision's path; quoting is slow and keys repeat
 def counter_key(policy_id: str, scope: str, ident: str = "", window: str = "") -> str:
     """``policy/window/scope/ident``, each segment percent-quoted.
 

@@ -45,7 +45,11 @@ _u64_max := 18446744073709551615
 
 # Rust's `current.saturating_add(requested) > limit`, exactly (OPA numbers are
 # arbitrary precision, so no sum near 2^64 is rounded).
-_exceeds(current, limit) if min([current + _requested, _u64_max]) > limit
+_exceeds(current, limit) if {
+	_is_units(current)
+	_is_units(_requested)
+	min([current + _requested, _u64_max]) > limit
+}
 
 # METADATA
 # title: Violations
@@ -106,6 +110,40 @@ violation contains {
 	"message": sprintf("cost is in %s but policy %s is in %s", [input.cost.currency, input.policy_id, _policy.currency]),
 } if {
 	input.cost.currency != _policy.currency
+}
+
+# An input the guard did not build in full (a direct caller of OPA's API, a
+# missing counter) cannot be judged: a missing number must deny, never read
+# as "no limit applies".
+violation contains {"scope": "custom", "code": "invalid_input", "message": problem} if {
+	some problem in _input_problems
+}
+
+# object.get, not a plain reference: a missing field must reach the check
+# as null, not make the whole rule undefined.
+_input_problems contains "cost.units must be an integer >= 0" if not _is_units(object.get(input, ["cost", "units"], null))
+
+_input_problems contains "cost.currency must be a string" if not is_string(object.get(input, ["cost", "currency"], null))
+
+_input_problems contains sprintf("totals.%s must be an integer >= 0", [name]) if {
+	some name in ["total", "agent", "tool"]
+	not _is_units(object.get(input, ["totals", name], null))
+}
+
+_input_problems contains "totals.session must be an integer >= 0 when request.session_id is set" if {
+	input.request.session_id != null
+	not _is_units(object.get(input, ["totals", "session"], null))
+}
+
+_input_problems contains sprintf("request.%s must be a string", [name]) if {
+	some name in ["agent_id", "tool_key"]
+	not is_string(object.get(input, ["request", name], null))
+}
+
+_is_units(x) if {
+	is_number(x)
+	x >= 0
+	floor(x) == x
 }
 
 _builtin_scopes := ["total", "session", "agent", "tool"]

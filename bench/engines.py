@@ -1,0 +1,104 @@
+"""Decision latency: server engine (HTTP to OPA) next to the embedded engine.
+
+Same 5,000 inputs, one run, each decision timed on its own with
+``perf_counter_ns``; prints median and p99 per engine (and a parity count).
+The server is a real ``opa run --server`` when ``OPA_BIN``/PATH has one,
+else the loopback stand-in (tests/opa_standin.py: Python HTTP in front of
+the same embedded OPA, so its numbers include that server's own Python
+overhead). Measures only; never fails on time.
+
+    .venv/bin/python bench/engines.py [-n 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from chio_budget.compiler import data_document  # noqa: E402
+from chio_budget.engines.embedded import EmbeddedEngine  # noqa: E402
+from chio_budget.engines.server import ServerEngine, make_client  # noqa: E402
+from chio_budget.policy import load_policies  # noqa: E402
+from opa_fixtures import POLICIES_DIR, REGO_DIR, find_opa, start_opa  # noqa: E402
+from chio_budget.bundle import write_bundle  # noqa: E402
+
+
+def inputs(n: int, seed: int = 7) -> list[dict]:
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        session = rnd.choice([None, "sess-1", "sess-2"])
+        tool = rnd.choice(["search", "expensive", "t1"])
+        out.append({
+            "policy_id": "default",
+            "request": {"receipt_id": f"r{i}", "timestamp": 1000 + i, "agent_id": f"a{rnd.randrange(5)}",
+                        "session_id": session, "tool_server": "s1", "tool_name": tool, "tool_key": f"s1:{tool}"},
+            "cost": {"units": rnd.randrange(0, 600), "currency": "USD"},
+            "totals": {"total": rnd.randrange(0, 10500), "session": None if session is None else rnd.randrange(0, 5200),
+                       "agent": rnd.randrange(0, 3100), "tool": rnd.randrange(0, 600)},
+        })
+    return out
+
+
+def timed(engine, batch: list[dict]) -> tuple[list[float], list[dict]]:
+    for inp in batch[:200]:  # warm-up: connections, prepared queries
+        engine.decide(inp)
+    lat, results = [], []
+    for inp in batch:
+        t0 = time.perf_counter_ns()
+        d = engine.decide(inp)
+        lat.append((time.perf_counter_ns() - t0) / 1e6)
+        results.append(d.to_json_dict())
+    return lat, results
+
+
+def summary(name: str, lat: list[float]) -> str:
+    q = statistics.quantiles(lat, n=100, method="inclusive")
+    return (f"{name:<28} median {statistics.median(lat):7.3f} ms   p99 {q[98]:7.3f} ms   "
+            f"mean {statistics.fmean(lat):7.3f} ms   max {max(lat):7.3f} ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=5000)
+    args = ap.parse_args()
+    data = data_document(load_policies(POLICIES_DIR))
+    batch = inputs(args.n)
+    bundle = ROOT / "build" / "bench-bundle.tar.gz"
+    write_bundle(POLICIES_DIR, REGO_DIR, bundle)
+    server = start_opa(bundle)
+    kind = f"opa ({find_opa()})" if server.kind == "opa" else "stand-in (no opa binary found)"
+    embedded = EmbeddedEngine(data, REGO_DIR)
+    # Real OPA: query it directly, not through the fault-injecting front.
+    remote = ServerEngine(make_client(server.direct_url), data, url=server.direct_url)
+    try:
+        e_lat, e_res = timed(embedded, batch)
+        s_lat, s_res = timed(remote, batch)
+        session, health = remote._client._session, server.direct_url + "/health"
+        h_lat = []
+        for _ in range(len(batch)):  # the transport alone: same session, no evaluation
+            t0 = time.perf_counter_ns()
+            session.get(health, timeout=5)
+            h_lat.append((time.perf_counter_ns() - t0) / 1e6)
+    finally:
+        embedded.close()
+        remote.close()
+        server.close()
+    same = sum(a == b for a, b in zip(e_res, s_res))
+    allowed = sum(r["allow"] for r in e_res)
+    print(f"{args.n} decisions each, same inputs ({allowed} allowed, {args.n - allowed} denied); server: {kind}")
+    print(summary("embedded (in-process OPA)", e_lat))
+    print(summary("server (HTTP, opa_client)", s_lat))
+    print(summary("  HTTP alone (GET /health)", h_lat))
+    print(f"identical decision JSON: {same}/{args.n}")
+
+
+if __name__ == "__main__":
+    main()

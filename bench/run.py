@@ -1,0 +1,65 @@
+"""Decision latency of ``guard.check`` and ``guard.authorize`` on the embedded engine.
+
+Reports; never fails. Also reports the bare ``engine.decide`` and the Python
+model of the Rust ``check`` in the same run, so the numbers read as ratios
+on whatever machine runs them.
+
+    .venv/bin/python bench/run.py [N]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "tests"), str(Path(__file__).resolve().parent.parent / "plugin")]
+
+from conftest import guard_for, make_meta, rust_policy  # noqa: E402
+from rust_model import RustEnforcer  # noqa: E402
+
+
+def timed(fn, n: int) -> list[float]:
+    out = []
+    for i in range(n):
+        t = time.perf_counter_ns()
+        fn(i)
+        out.append((time.perf_counter_ns() - t) / 1000)
+    return out
+
+
+def report(name: str, us: list[float], base: float | None = None) -> float:
+    us = sorted(us)
+    med = statistics.median(us)
+    p99 = us[int(len(us) * 0.99) - 1]
+    ratio = f"  x{med / base:.1f} of model" if base else ""
+    print(f"{name:<28} median {med:8.1f} us   p99 {p99:8.1f} us   ({len(us)} calls){ratio}")
+    return med
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+    policy = rust_policy(max_total=10**15, max_per_session=10**12, max_per_agent=10**12)
+    guard = guard_for(policy)
+    model = RustEnforcer(policy)
+    metas = [make_meta(f"a{i % 50}", "s1", "expensive" if i % 7 == 0 else "t1", receipt=f"r{i}",
+                       session=f"sess-{i % 20}") for i in range(n)]
+    for m in metas[:200]:
+        guard.record(m, 3)
+        model.record(m, 3)
+    timed(lambda i: guard.check(metas[i], 5), 300)  # warm-up
+    base = report("rust model check (python)", timed(lambda i: model.check(metas[i], 5), n))
+    inp = guard.build_input(metas[0], 5, {"total": 10, "session": 10, "agent": 10, "tool": 10})
+    report("engine.decide (embedded)", timed(lambda i: guard.engine.decide(inp), n), base)
+    report("guard.check", timed(lambda i: guard.check(metas[i], 5), n), base)
+
+    def auth(i):
+        a = guard.authorize(metas[i], 5)
+        a.commit()
+
+    report("guard.authorize + commit", timed(auth, n), base)
+
+
+if __name__ == "__main__":
+    main()

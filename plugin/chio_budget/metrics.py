@@ -1,0 +1,109 @@
+"""Prometheus metrics for the budget guard, on a registry of their own.
+
+Each ``BudgetMetrics`` owns a ``CollectorRegistry`` (not the process-global
+one), so two guards - or two tests - never share counters and never collide
+on registration. ``serve()`` exposes it on ``/metrics`` (loopback by default).
+
+Metric names (namespace ``chio_budget``):
+
+- ``chio_budget_decisions_total{policy_id,outcome,scope}`` - outcome
+  ``allow`` | ``deny`` | ``error``; scope is the primary violation's scope
+  (``none`` when allowed, ``error`` when the engine or ledger failed).
+- ``chio_budget_violations_total{policy_id,scope}`` - every violation, not
+  only the primary one.
+- ``chio_budget_eval_seconds{policy_id,engine}`` - histogram of the OPA
+  evaluation time (the engine's ``decide``, nothing else).
+- ``chio_budget_reservations_open{policy_id}`` - reservations this process
+  holds for calls still running.
+- ``chio_budget_spend_units_total{policy_id,currency,scope,key}`` - committed
+  spend in minor units, per ``total`` / ``agent`` / ``tool`` counter (``key``
+  is the agent id or ``server:tool``; ``session`` only with
+  ``session_labels=True`` because session ids are unbounded).
+- ``chio_budget_settlements_total{policy_id,outcome}`` and
+  ``chio_budget_over_estimate_total{policy_id}``.
+- ``chio_budget_shadow_disagreements_total{policy_id,shadow_policy_id}``.
+- ``chio_budget_decision_log_errors_total``.
+
+Prometheus samples are floats: spend above 2^53 units is shown rounded. The
+ledger is the source of truth for money; these are for watching it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+
+_EVAL_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class BudgetMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None, *, namespace: str = "chio_budget",
+                 session_labels: bool = False):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.session_labels = session_labels
+        r, ns = self.registry, namespace
+        self.decisions = Counter("decisions", "Budget decisions by outcome and primary violation scope",
+                                 ["policy_id", "outcome", "scope"], namespace=ns, registry=r)
+        self.violations = Counter("violations", "Budget violations by scope (all of them)",
+                                  ["policy_id", "scope"], namespace=ns, registry=r)
+        self.eval_seconds = Histogram("eval_seconds", "OPA decision evaluation time",
+                                      ["policy_id", "engine"], namespace=ns, registry=r, buckets=_EVAL_BUCKETS)
+        self.reservations_open = Gauge("reservations_open", "Reservations held for calls still running",
+                                       ["policy_id"], namespace=ns, registry=r)
+        self.spend_units = Counter("spend_units", "Committed spend in minor units, by budget counter",
+                                   ["policy_id", "currency", "scope", "key"], namespace=ns, registry=r)
+        self.settlements = Counter("settlements", "Settlements by outcome", ["policy_id", "outcome"],
+                                   namespace=ns, registry=r)
+        self.over_estimate = Counter("over_estimate", "Settlements whose actual cost exceeded the estimate",
+                                     ["policy_id"], namespace=ns, registry=r)
+        self.shadow_disagreements = Counter("shadow_disagreements",
+                                            "Shadow decisions whose allow differs from the enforced one",
+                                            ["policy_id", "shadow_policy_id"], namespace=ns, registry=r)
+        self.log_errors = Counter("decision_log_errors", "Decision-log writes that failed",
+                                  namespace=ns, registry=r)
+
+    # -- recording (called by the chain guard) ------------------------------
+
+    def observe_decision(self, policy_id: str, decision: Any, eval_seconds: float | None, engine: str) -> None:
+        """``decision`` is a ``Decision``: counted by outcome and primary scope."""
+        if decision.error:
+            outcome, scope = "error", "error"
+        elif decision.allow:
+            outcome, scope = "allow", "none"
+        else:
+            outcome, scope = "deny", decision.violations[0].scope if decision.violations else "unknown"
+        self.decisions.labels(policy_id, outcome, scope).inc()
+        for v in decision.violations:
+            self.violations.labels(policy_id, v.scope).inc()
+        if eval_seconds is not None:
+            self.eval_seconds.labels(policy_id, engine).observe(eval_seconds)
+
+    def set_open(self, policy_id: str, n: int) -> None:
+        self.reservations_open.labels(policy_id).set(n)
+
+    def observe_settlement(self, policy_id: str, outcome: str, currency: str, committed: int,
+                           request: dict[str, Any] | None, over_estimate: bool) -> None:
+        self.settlements.labels(policy_id, outcome).inc()
+        if over_estimate:
+            self.over_estimate.labels(policy_id).inc()
+        if committed and request is not None:
+            self.spend_units.labels(policy_id, currency, "total", "").inc(committed)
+            self.spend_units.labels(policy_id, currency, "agent", request["agent_id"]).inc(committed)
+            self.spend_units.labels(policy_id, currency, "tool", request["tool_key"]).inc(committed)
+            if self.session_labels and request.get("session_id") is not None:
+                self.spend_units.labels(policy_id, currency, "session", request["session_id"]).inc(committed)
+
+    # -- exposing -----------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The text exposition format, as ``/metrics`` would serve it."""
+        return generate_latest(self.registry)
+
+    def serve(self, port: int = 0, addr: str = "127.0.0.1"):
+        """Start ``/metrics`` on ``addr:port`` in a daemon thread (port 0: any free one).
+
+        Returns the ``(server, thread)`` pair; ``server.server_port`` is the
+        bound port and ``server.shutdown()`` stops it.
+        """
+        return start_http_server(port, addr=addr, registry=self.registry)

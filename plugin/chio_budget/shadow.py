@@ -1,0 +1,82 @@
+"""Shadow mode: a second policy judged beside the enforced one, never enforced.
+
+A shadow is another budget policy (typically the next version of the
+enforced one, or a stricter draft) with its own OPA engine. On every call the
+chain guard asks it the same question the enforced policy was asked - same
+request, same cost, and the *same counters* (the ``totals`` the enforced
+decision saw) - so any difference in the answer is a difference in policy,
+not in state. Its decision is logged and diffed; it never changes the verdict
+and never touches a ledger (it does not reserve, record or read counters).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .decision import Decision
+
+
+@dataclass(frozen=True)
+class ShadowResult:
+    policy_id: str
+    input: dict[str, Any]
+    decision: Decision
+    eval_ns: int
+    diff: dict[str, Any]
+
+
+def diff_decisions(enforced: Decision, shadow: Decision) -> dict[str, Any]:
+    """What the shadow would have done differently, by verdict and by violation scope."""
+    e = [v.scope for v in enforced.violations]
+    s = [v.scope for v in shadow.violations]
+    return {
+        "agree": enforced.allow == shadow.allow,
+        "enforced_allow": enforced.allow,
+        "shadow_allow": shadow.allow,
+        "only_shadow": [x for x in s if x not in e],
+        "only_enforced": [x for x in e if x not in s],
+        "shadow_error": shadow.error,
+    }
+
+
+class ShadowPolicy:
+    """Wraps anything with ``policy`` and ``engine`` (e.g. a ``BudgetGuard``).
+
+    Only ``guard.policy`` and ``guard.engine`` are used; the guard's ledger is
+    never touched, so a shadow built with ``BudgetGuard.from_files(...)`` and
+    the default memory ledger is fine. ``evaluate`` never raises: a failing
+    shadow yields a decision with ``error`` set.
+    """
+
+    def __init__(self, guard: Any):
+        self.policy = guard.policy
+        self.engine = guard.engine
+        self._guard = guard
+
+    @property
+    def policy_id(self) -> str:
+        return self.policy.id
+
+    def evaluate(self, enforced_input: dict[str, Any], enforced: Decision) -> ShadowResult:
+        inp = dict(enforced_input)
+        inp["policy_id"] = self.policy.id
+        t0 = time.perf_counter_ns()
+        cost = inp.get("cost") or {}
+        if cost.get("currency") != self.policy.currency:
+            d = Decision.deny_error(
+                f"shadow policy currency {self.policy.currency} differs from enforced {cost.get('currency')}",
+                self.policy.id)
+        else:
+            try:
+                d = self.engine.decide(inp)
+            except Exception as exc:  # an engine must not raise; a shadow must never break the call
+                d = Decision.deny_error(f"shadow engine error: {type(exc).__name__}: {exc}", self.policy.id)
+        dt = time.perf_counter_ns() - t0
+        return ShadowResult(self.policy.id, inp, d, dt, diff_decisions(enforced, d))
+
+    def close(self) -> None:
+        close = getattr(self._guard, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,247 @@
+# METADATA
+# title: Tests of the Chio budget decision
+# description: >-
+#   One behaviour per test. Run with `opa test rego/ -v` (or, without an opa
+#   binary, `chio-budget test-rego rego/ -v`).
+package chio.budget_test
+
+import data.chio.budget
+
+_policies := {"default": {
+	"currency": "USD",
+	"max_total": 10000,
+	"max_per_session": 5000,
+	"max_per_agent": 3000,
+	"max_per_tool": {"s1:expensive": 500},
+	"revision": "sha256:test",
+}}
+
+_session_only := {"default": {
+	"currency": "USD",
+	"max_total": 100000,
+	"max_per_session": 1000,
+	"revision": "sha256:session-only",
+}}
+
+_u64_max := 18446744073709551615
+
+_request(tool, session) := {
+	"receipt_id": "r1",
+	"timestamp": 1000,
+	"agent_id": "a1",
+	"session_id": session,
+	"tool_server": "s1",
+	"tool_name": tool,
+	"tool_key": concat(":", ["s1", tool]),
+}
+
+_input(cost, totals) := _input_for("t1", "sess-1", cost, totals)
+
+_input_for(tool, session, cost, totals) := {
+	"policy_id": "default",
+	"request": _request(tool, session),
+	"cost": {"units": cost, "currency": "USD"},
+	"totals": totals,
+}
+
+_zero := {"total": 0, "session": 0, "agent": 0, "tool": 0}
+
+_decide(inp) := d if {
+	d := budget.decision with input as inp with data.chio.budget.policies as _policies
+}
+
+test_within_budget_allows if {
+	d := _decide(_input(100, _zero))
+	d.allow == true
+	d.violations == []
+	d.warnings == []
+	d.policy_id == "default"
+	d.policy_revision == "sha256:test"
+}
+
+test_total_exceeded_denies_with_seed_shaped_violation if {
+	d := _decide(_input(200, {"total": 9900, "session": 0, "agent": 0, "tool": 0}))
+	d.allow == false
+	d.violations == [{
+		"scope": "total", "limit_units": 10000, "current_units": 9900,
+		"requested_units": 200, "currency": "USD",
+	}]
+}
+
+test_exactly_at_limit_allows if {
+	d := _decide(_input(100, {"total": 9900, "session": 0, "agent": 0, "tool": 0}))
+	d.allow == true
+}
+
+test_agent_exceeded_denies if {
+	d := _decide(_input(200, {"total": 2900, "session": 2900, "agent": 2900, "tool": 2900}))
+	d.allow == false
+	d.violations == [{
+		"scope": "agent", "agent_id": "a1", "limit_units": 3000,
+		"current_units": 2900, "requested_units": 200, "currency": "USD",
+	}]
+}
+
+test_session_exceeded_denies if {
+	d := budget.decision with input as _input(200, {"total": 900, "session": 900, "agent": 900, "tool": 900})
+		with data.chio.budget.policies as _session_only
+	d.allow == false
+	d.violations == [{
+		"scope": "session", "session_id": "sess-1", "limit_units": 1000,
+		"current_units": 900, "requested_units": 200, "currency": "USD",
+	}]
+}
+
+test_session_limit_ignored_without_session if {
+	d := budget.decision with input as _input_for("t1", null, 200, {"total": 900, "session": null, "agent": 900, "tool": 900})
+		with data.chio.budget.policies as _session_only
+	d.allow == true
+}
+
+test_session_limit_ignored_when_policy_has_none if {
+	no_session := {"default": object.remove(_policies.default, ["max_per_session"])}
+	d := budget.decision with input as _input(200, {"total": 0, "session": 4900, "agent": 0, "tool": 0})
+		with data.chio.budget.policies as no_session
+	d.allow == true
+}
+
+test_agent_limit_ignored_when_policy_has_none if {
+	no_agent := {"default": object.remove(_policies.default, ["max_per_agent"])}
+	d := budget.decision with input as _input(200, {"total": 0, "session": 0, "agent": 2900, "tool": 0})
+		with data.chio.budget.policies as no_agent
+	d.allow == true
+}
+
+test_tool_exceeded_denies if {
+	d := _decide(_input_for("expensive", "sess-1", 200, {"total": 400, "session": 400, "agent": 400, "tool": 400}))
+	d.allow == false
+	d.violations == [{
+		"scope": "tool", "tool_key": "s1:expensive", "limit_units": 500,
+		"current_units": 400, "requested_units": 200, "currency": "USD",
+	}]
+}
+
+test_unlisted_tool_has_no_tool_limit if {
+	d := _decide(_input_for("cheap", "sess-1", 200, {"total": 0, "session": 0, "agent": 0, "tool": 100000}))
+	d.allow == true
+}
+
+test_zero_cost_passes if {
+	d := _decide(_input(0, {"total": 10000, "session": 5000, "agent": 3000, "tool": 0}))
+	d.allow == true
+}
+
+test_zero_cost_denied_when_already_over if {
+	d := _decide(_input(0, {"total": 10001, "session": 0, "agent": 0, "tool": 0}))
+	d.allow == false
+	[v] := d.violations
+	v.scope == "total"
+}
+
+test_all_violations_in_order_total_session_agent_tool if {
+	d := _decide(_input_for("expensive", "sess-1", 600, {"total": 9900, "session": 4900, "agent": 2900, "tool": 400}))
+	d.allow == false
+	[v.scope | some v in d.violations] == ["total", "session", "agent", "tool"]
+}
+
+test_u64_sums_are_exact if {
+	max_policy := {"default": {"currency": "USD", "max_total": _u64_max, "revision": "r"}}
+	near := {"total": _u64_max - 10, "session": 0, "agent": 0, "tool": 0}
+	over := budget.decision with input as _input(20, near) with data.chio.budget.policies as {"default": {"currency": "USD", "max_total": _u64_max - 1, "revision": "r"}}
+	over.allow == false
+	fits := budget.decision with input as _input(10, near) with data.chio.budget.policies as max_policy
+	fits.allow == true
+}
+
+test_saturating_add_never_exceeds_u64_max_limit if {
+	# Rust: (MAX - 10).saturating_add(20) == MAX, and MAX > MAX is false.
+	max_policy := {"default": {"currency": "USD", "max_total": _u64_max, "revision": "r"}}
+	d := budget.decision with input as _input(20, {"total": _u64_max - 10, "session": 0, "agent": 0, "tool": 0})
+		with data.chio.budget.policies as max_policy
+	d.allow == true
+}
+
+test_unknown_policy_is_undefined if {
+	not budget.decision with input as object.union(_input(1, _zero), {"policy_id": "nope"})
+		with data.chio.budget.policies as _policies
+}
+
+test_currency_mismatch_denies if {
+	inp := object.union(_input(1, _zero), {"cost": {"units": 1, "currency": "EUR"}})
+	d := _decide(inp)
+	d.allow == false
+	[v] := d.violations
+	v.scope == "custom"
+	v.code == "currency_mismatch"
+}
+
+test_default_deny if {
+	not budget.allow with input as {} with data.chio.budget.policies as _policies
+		with budget.violation as {{"scope": "custom"}}
+}
+
+test_custom_violations_sort_after_builtin_scopes if {
+	# An extension's violation ("a..." sorts before "total" in a set) still
+	# comes after the built-in scopes in the decision's array.
+	mixed := {
+		{"scope": "agent", "agent_id": "a1"},
+		{"scope": "a_custom", "code": "blocked_tool", "message": "no"},
+		{"scope": "total", "limit_units": 1},
+	}
+	d := budget.decision with input as _input(200, _zero)
+		with data.chio.budget.policies as _policies
+		with budget.violation as mixed
+	d.allow == false
+	[v.scope | some v in d.violations] == ["total", "agent", "a_custom"]
+	d.violations[2].code == "blocked_tool"
+}
+
+test_custom_violation_alone_denies if {
+	extra := {{"scope": "custom", "code": "after_hours", "message": "closed"}}
+	d := budget.decision with input as _input(1, _zero)
+		with data.chio.budget.policies as _policies
+		with budget.violation as extra
+	d.allow == false
+	d.violations == [{"scope": "custom", "code": "after_hours", "message": "closed"}]
+}
+
+test_warnings_from_extension_do_not_deny if {
+	d := budget.decision with input as _input(1, _zero)
+		with data.chio.budget.policies as _policies
+		with data.chio.budget.warning as {{"scope": "soft_total", "message": "80% spent"}}
+	d.allow == true
+	d.warnings == [{"scope": "soft_total", "message": "80% spent"}]
+}
+
+test_missing_cost_denies_as_invalid_input if {
+	inp := object.remove(_input(1, _zero), ["cost"])
+	d := _decide(inp)
+	d.allow == false
+	{v.message | some v in d.violations} == {"cost.units must be an integer >= 0", "cost.currency must be a string"}
+}
+
+test_missing_totals_deny_as_invalid_input if {
+	d := _decide(object.remove(_input(1, _zero), ["totals"]))
+	d.allow == false
+	{v.message | some v in d.violations} == {
+		"totals.total must be an integer >= 0", "totals.agent must be an integer >= 0",
+		"totals.tool must be an integer >= 0",
+		"totals.session must be an integer >= 0 when request.session_id is set",
+	}
+}
+
+test_negative_or_fractional_cost_denies if {
+	every cost in [-1, 1.5, "5"] {
+		d := _decide(_input(cost, _zero))
+		d.allow == false
+		some v in d.violations
+		v.code == "invalid_input"
+	}
+}
+
+test_missing_request_ids_deny if {
+	inp := object.union(object.remove(_input(1, _zero), ["request"]), {"request": {"session_id": null}})
+	d := _decide(inp)
+	d.allow == false
+	{v.message | some v in d.violations} == {"request.agent_id must be a string", "request.tool_key must be a string"}
+}

@@ -1,0 +1,137 @@
+"""``opa_server`` fixtures: a real ``opa run --server`` when one exists, else the stand-in.
+
+A real ``opa`` is looked up in env ``OPA_BIN``, then ``PATH``. When found it
+is started on a free loopback port (``opa run --server --addr
+127.0.0.1:<port> --bundle build/bundle.tar.gz``) and the tests talk to it
+through a forwarding ``StandIn(upstream=...)`` front, which adds only the
+fault switches; without it, the stand-in itself (``tests/opa_standin.py``,
+test support) loads the same bundle. Either way a test sees an
+``OpaServer``: ``url`` for the guard, ``faults`` to make it misbehave,
+``stop()``/``start()`` to take it away and bring it back on the same port.
+
+Import into a test module with ``from opa_fixtures import opa_server``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from chio_budget.bundle import write_bundle
+from opa_standin import Faults, StandIn
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES_DIR = ROOT / "policies"
+REGO_DIR = ROOT / "rego"
+
+
+def find_opa() -> str | None:
+    return os.environ.get("OPA_BIN") or shutil.which("opa")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class OpaServer:
+    """A running OPA (real or stand-in) behind a fault-injecting front."""
+
+    front: StandIn
+    kind: str  # "opa" (a real binary) or "standin"
+    direct_url: str  # the server itself, bypassing the front
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return self.front.url
+
+    @property
+    def faults(self) -> Faults:
+        return self.front.faults
+
+    def stop(self) -> None:
+        """OPA is gone: connections are refused until ``start()``."""
+        self.front.stop()
+
+    def start(self) -> None:
+        self.front.start()
+
+    def close(self) -> None:
+        self.front.stop()
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_opa(bundle: Path | None) -> OpaServer:
+    """Start OPA with ``bundle`` loaded (``None``: empty, for push)."""
+    opa = find_opa()
+    if opa is None:
+        s = StandIn(bundle=bundle).start()
+        return OpaServer(s, "standin", s.url)
+    port = _free_port()
+    cmd = [opa, "run", "--server", "--addr", f"127.0.0.1:{port}", "--log-level", "error"]
+    if bundle is not None:
+        cmd += ["--bundle", str(bundle)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    direct = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if requests.get(direct + "/health", timeout=1).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            err = proc.communicate()[1].decode(errors="replace")
+            raise RuntimeError(f"{' '.join(cmd)} did not become healthy: {err[-2000:]}")
+        time.sleep(0.05)
+    return OpaServer(StandIn(upstream=direct).start(), "opa", direct, proc)
+
+
+_BUNDLE: list[Path] = []
+
+
+def repo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``chio-budget bundle policies/ rego/`` of this repository, built once per test run."""
+    if not _BUNDLE:
+        path = tmp_path_factory.mktemp("bundle") / "bundle.tar.gz"
+        write_bundle(POLICIES_DIR, REGO_DIR, path)
+        _BUNDLE.append(path)
+    return _BUNDLE[0]
+
+
+@pytest.fixture
+def opa_server(tmp_path_factory: pytest.TempPathFactory):
+    """OPA serving this repository's bundle (``policies/`` + ``rego/``)."""
+    server = start_opa(repo_bundle(tmp_path_factory))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def opa_server_blank():
+    """OPA with nothing loaded: for ``push`` and for per-case data."""
+    server = start_opa(None)
+    try:
+        yield server
+    finally:
+        server.close()

@@ -1,0 +1,196 @@
+"""Decision log: OPA-shaped JSON lines, money never dropped, fail-closed writes, explain, shadow."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from typer.testing import CliRunner
+
+from chio_budget.chain import GuardChain
+from chio_budget.cli import app
+from chio_budget.decisionlog import DecisionLog, explain, find_decision, read_events
+from chio_budget.shadow import ShadowPolicy
+from chain_support import AllowAll, budget, ctx
+from conftest import U64_MAX, guard_for, make_meta, rust_policy
+
+OPA_FIELDS = {"decision_id", "timestamp", "path", "input", "result", "bundles", "metrics", "labels"}
+
+
+def lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_decision_event_has_the_opa_decision_log_shape(tmp_path):
+    log = tmp_path / "decisions.jsonl"
+    b = budget(decision_log=DecisionLog(log, labels={"id": "kernel-1"}))
+    d = b.evaluate(ctx("r1", cost_estimate=200))
+    (ev,) = lines(log)
+    assert OPA_FIELDS <= set(ev) and ev["type"] == "decision"
+    assert ev["decision_id"] == d.evidence[0].details["decision_id"]
+    assert ev["path"] == "chio/budget/decision" and ev["labels"] == {"id": "kernel-1"}
+    assert ev["timestamp"].endswith("Z")
+    assert ev["input"] == {
+        "policy_id": "default",
+        "request": {"receipt_id": "r1", "timestamp": 1000, "agent_id": "a1", "session_id": "sess-1",
+                    "tool_server": "s1", "tool_name": "search", "tool_key": "s1:search"},
+        "cost": {"units": 200, "currency": "USD"},
+        "totals": {"total": 0, "session": 0, "agent": 0, "tool": 0},
+    }
+    assert ev["result"]["allow"] is True
+    assert ev["bundles"]["chio/budget"]["revision"] == ev["result"]["policy_revision"]
+    assert isinstance(ev["metrics"]["timer_rego_query_eval_ns"], int) and ev["metrics"]["timer_rego_query_eval_ns"] > 0
+    assert ev["chio"]["verdict"] == "allow" and ev["chio"]["estimate_source"] == "context"
+
+
+def test_money_fields_are_exact_at_u64_scale_and_never_dropped(tmp_path):
+    log = tmp_path / "d.jsonl"
+    # (limit 2^64-2: with a 2^64-1 limit nothing exceeds it, as in Rust's saturating check)
+    policy = rust_policy(max_total=U64_MAX - 1, max_per_session=None, max_per_agent=None, max_per_tool=None)
+    b = budget(policy, decision_log=DecisionLog(log))
+    b.guard.record(make_meta(tool="search", receipt="seed"), U64_MAX - 10)
+    b.evaluate(ctx("r1", cost_estimate=20))  # denied: U64_MAX-10 + 20 saturates > limit
+    b.evaluate(ctx("r2", cost_estimate=9))  # allowed exactly to the limit
+    b.on_invocation_complete("r2")
+    b.on_invocation_complete("r3")  # unknown: no event
+    deny, allow, settle = lines(log)
+    assert deny["result"]["violations"][0] == {"scope": "total", "limit_units": U64_MAX - 1,
+                                               "current_units": U64_MAX - 10, "requested_units": 20,
+                                               "currency": "USD"}
+    assert deny["input"]["totals"]["total"] == U64_MAX - 10
+    assert allow["result"]["allow"] is True
+    assert settle["type"] == "settlement" and settle["decision_id"] == allow["decision_id"]
+    c = settle["chio"]
+    for key in ("estimate_units", "actual_units", "committed_units", "currency"):
+        assert key in c
+    assert (c["estimate_units"], c["committed_units"], c["actual_units"]) == (9, 9, None)
+    assert settle["chio"]["request"]["tool_key"] == "s1:search"
+
+
+def test_no_estimate_is_logged_with_its_cost_fields_present(tmp_path):
+    log = tmp_path / "d.jsonl"
+    budget(decision_log=DecisionLog(log)).evaluate(ctx("r1", tool="unpriced"))
+    (ev,) = lines(log)
+    assert ev["input"]["cost"] == {"units": None, "currency": "USD"}
+    assert ev["result"]["allow"] is False and "no cost estimate" in ev["result"]["error"]
+
+
+def test_callable_sink_gets_every_event():
+    got = []
+    b = budget(decision_log=DecisionLog(got.append))
+    b.evaluate(ctx("r1", cost_estimate=200))
+    b.on_invocation_complete("r1", 300)
+    assert [e["type"] for e in got] == ["decision", "settlement"]
+    assert got[1]["chio"]["over_estimate"] is True and got[1]["chio"]["kernel_settlement"] == "failed"
+    json.dumps(got)  # JSON-safe as handed over
+
+
+def test_a_failing_log_denies_and_gives_the_reservation_back():
+    def broken(event):
+        raise OSError("disk full")
+
+    b = budget(decision_log=DecisionLog(broken))
+    d = b.evaluate(ctx("r1", cost_estimate=200))
+    assert d.verdict == "deny" and "decision log error (fail-closed)" in d.reason and "disk full" in d.reason
+    assert b.guard.total_spent() == 0 and b.open_holds() == 0
+
+
+def test_concurrent_writes_never_interleave(tmp_path):
+    log = tmp_path / "d.jsonl"
+    b = budget(decision_log=DecisionLog(log))
+
+    def call(i):
+        b.evaluate(ctx(f"r{i}", agent=f"ag{i}", cost_estimate=1))
+        b.on_invocation_complete(f"r{i}")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(call, range(60)))
+    evs = lines(log)  # every line parses
+    assert len(evs) == 120
+    by_id = {}
+    for e in evs:
+        by_id.setdefault(e["decision_id"], []).append(e["type"])
+    assert len(by_id) == 60 and all(sorted(t) == ["decision", "settlement"] for t in by_id.values())
+    # each decision logged the OPA input of its own request (the engine record is per thread)
+    for e in evs:
+        if e["type"] == "decision":
+            assert e["input"]["request"]["receipt_id"] == e["chio"]["request_id"]
+            assert e["input"]["request"]["agent_id"] == "ag" + e["chio"]["request_id"][1:]
+
+
+# -- shadow mode --------------------------------------------------------------
+
+
+def test_shadow_is_logged_and_diffed_but_never_enforced(tmp_path):
+    log = tmp_path / "d.jsonl"
+    strict = guard_for(rust_policy(max_total=300, prices={"s1:search": 5}))
+    b = budget(decision_log=DecisionLog(log), shadows=[strict])
+    assert b.evaluate(ctx("r1", cost_estimate=200)).verdict == "allow"
+    b.on_invocation_complete("r1")
+    assert b.evaluate(ctx("r2", cost_estimate=200)).verdict == "allow"  # shadow would deny: 200 + 200 > 300
+    evs = lines(log)
+    shadows = [e for e in evs if e["type"] == "shadow"]
+    assert [s["chio"]["diff"]["agree"] for s in shadows] == [True, False]
+    second = shadows[1]
+    assert second["decision_id"] == [e for e in evs if e["type"] == "decision"][1]["decision_id"]
+    assert second["input"]["totals"]["total"] == 200  # the enforced counters, not the shadow's own
+    assert second["chio"]["enforced"] is False
+    assert second["chio"]["diff"]["only_shadow"] == ["total"]
+    assert second["result"]["violations"][0]["limit_units"] == 300
+    # The shadow never reserved or recorded anything anywhere.
+    assert strict.total_spent() == 0 and strict.ledger.open_reservations() == 0
+    assert b.guard.total_spent() == 400
+    text = explain(find_decision(read_events(log), second["decision_id"]))
+    assert "DISAGREES with enforced" in text and "shadow-only violation: total" in text
+
+
+def test_a_broken_shadow_never_affects_the_call(tmp_path):
+    class Exploding:
+        policy = rust_policy()
+
+        class engine:
+            @staticmethod
+            def decide(input):
+                raise RuntimeError("shadow down")
+
+    log = tmp_path / "d.jsonl"
+    b = budget(decision_log=DecisionLog(log), shadows=[ShadowPolicy(Exploding())])
+    assert b.evaluate(ctx("r1", cost_estimate=1)).verdict == "allow"
+    (shadow,) = [e for e in lines(log) if e["type"] == "shadow"]
+    assert "shadow down" in shadow["result"]["error"] and shadow["chio"]["diff"]["agree"] is False
+
+
+# -- explain ------------------------------------------------------------------
+
+
+def test_explain_prints_a_past_decision_readably(tmp_path):
+    log = tmp_path / "d.jsonl"
+    b = budget(decision_log=DecisionLog(log))
+    b.evaluate(ctx("r1", cost_estimate=2900))
+    b.on_invocation_complete("r1", 2950)
+    d = b.evaluate(ctx("r2", cost_estimate=200))
+    deny_id = d.evidence[0].details["decision_id"]
+    text = explain(find_decision(read_events(log), deny_id))
+    assert deny_id in text and "DENY" in text
+    assert "agent 'a1' budget exceeded: 2950 spent + 200 requested > limit 3000 USD" in text
+    assert "s1:search" in text and "sess-1" in text
+
+    allow_id = json.loads(log.read_text().splitlines()[0])["decision_id"]
+    result = CliRunner().invoke(app, ["explain", allow_id, "--log", str(log)])
+    assert result.exit_code == 0, result.output
+    assert "ALLOW" in result.output and "committed 2950 USD" in result.output
+    assert "actual above estimate" in result.output
+
+
+def test_explain_cli_errors(tmp_path):
+    log = tmp_path / "d.jsonl"
+    log.write_text('{"decision_id": "x", "type": "decision"}\nnot json\n')
+    r = CliRunner().invoke(app, ["explain", "nope", "--log", str(log)])
+    assert r.exit_code == 2 and f"{log}:2:" in r.output
+    log.write_text('{"decision_id": "x", "type": "decision"}\n')
+    r = CliRunner().invoke(app, ["explain", "nope", "--log", str(log)])
+    assert r.exit_code == 1 and "no event with decision_id 'nope'" in r.output
+    r = CliRunner().invoke(app, ["explain", "x", "--log", str(tmp_path / "missing.jsonl")])
+    assert r.exit_code == 2 and "cannot read" in r.output
