@@ -208,7 +208,7 @@ def run_requests(guard, worker: int, n: int, seed: int, start: "Callable[[], Non
         if roll < 0.80:
             actual = rnd.randint(0, cost) if roll < 0.6 else None
             s = a.commit(actual)
-            if s.outcome == "committed":
+            if s.outcome in ("committed", "committed_late"):
                 committed.append((meta.receipt_id, guard.counter_keys(meta), s.amount))
             if rnd.random() < 0.1 and a.commit(actual).changed:
                 out["double_commit_changed"] += 1

@@ -497,3 +497,15 @@ def test_cli_ledger_option_keeps_spend_between_runs(policies_dir, tmp_path):
     assert outs == [{"total_spent": 1200}, {"total_spent": 2400}]
     res = runner.invoke(app, ["replay", str(events), "--policies", str(policies_dir), "--ledger", "ftp://x"])
     assert res.exit_code == 2 and "unknown ledger" in res.output
+
+
+def test_guard_commit_after_expiry_counts_once_on_every_backend(store: Store, clock: FakeClock):
+    guard = guard_for(rust_policy(), ledger=store.open(clock=clock), reservation_ttl=30)
+    a = guard.authorize(make_meta(receipt="slow"), 400)
+    assert a.allow
+    clock.advance(31)
+    assert guard.total_spent() == 0, "the expired reservation was given back"
+    s = a.commit(350)
+    assert (s.outcome, s.amount) == ("committed_late", 350)
+    assert a.commit(350).changed is False
+    assert guard.total_spent() == 350
