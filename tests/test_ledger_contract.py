@@ -7,6 +7,7 @@ memory and on each real backend and demands identical answers.
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 
@@ -509,3 +510,23 @@ def test_guard_commit_after_expiry_counts_once_on_every_backend(store: Store, cl
     assert (s.outcome, s.amount) == ("committed_late", 350)
     assert a.commit(350).changed is False
     assert guard.total_spent() == 350
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_sqlite_ledger_object_survives_fork(tmp_path):
+    """A forked child (pre-fork servers) gets its own connection, not the parent's."""
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'fork.db'}")
+    ledger.add([A], 5)
+    pid = os.fork()
+    if pid == 0:  # child: no pytest here, report through the exit code only
+        try:
+            ledger.reserve("child", [A], 7)
+            code = 0 if ledger.commit("child").outcome == "committed" else 1
+        except BaseException:
+            code = 2
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert ledger.totals([A]) == [12]
+    assert ledger.commit("child").outcome == "already_committed"
+    ledger.close()

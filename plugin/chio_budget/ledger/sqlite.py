@@ -172,6 +172,8 @@ class SqliteLedger:
     def _tx(self, write: bool = True) -> Iterator[sqlite3.Cursor]:
         """One transaction; ``BEGIN IMMEDIATE`` takes the write lock up front so
         nothing read inside it can change before we write. Any error rolls back."""
+        if self._pid != os.getpid():  # forked: the parent's lock and connection are not ours
+            self._lock, self._conn = threading.Lock(), None
         with self._lock:
             conn = self._connection()
             try:
