@@ -291,6 +291,10 @@ def test_open_ledger_dispatches_by_uri(tmp_path):
         open_ledger(f"sqlite:///{tmp_path / 'x.db'}?colour=blue")
     with pytest.raises(LedgerError):
         open_ledger("sqlite:///:memory:")
+    with pytest.raises(LedgerError, match="ttl"):
+        open_ledger(f"sqlite:///{tmp_path / 'x.db'}?ttl=soon")
+    with pytest.raises(LedgerError, match="ttl"):
+        open_ledger("redis://127.0.0.1:6379/0?ttl=-1")
 
 
 def test_sqlite_stores_u64_exactly_as_decimal_text(tmp_path):

@@ -253,6 +253,16 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _seconds(value: str, name: str, uri: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise LedgerError(f"{uri}: {name}: expected seconds >= 0, got {value!r}")
+    return seconds
+
+
 class RedisLedger:
     """The ``Ledger`` contract over one Redis server (see the module docstring).
 
@@ -295,10 +305,8 @@ class RedisLedger:
         for name, value in parse_qsl(parts.query):
             if name == "prefix":
                 ours["prefix"] = value
-            elif name in ("ttl", "default_ttl"):
-                ours["default_ttl"] = float(value)
-            elif name == "settled_retention":
-                ours["settled_retention"] = float(value)
+            elif name in ("ttl", "default_ttl", "settled_retention"):
+                ours["default_ttl" if name == "ttl" else name] = _seconds(value, name, uri)
             else:
                 theirs.append((name, value))
         ours.update({k: options.pop(k) for k in ("prefix", "default_ttl", "settled_retention", "clock")

@@ -79,6 +79,16 @@ def _units(text: str, what: str) -> int:
     return v
 
 
+def _seconds(value: str, name: str, uri: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise LedgerError(f"{uri}: {name}: expected seconds >= 0, got {value!r}")
+    return seconds
+
+
 class SqliteLedger:
     """The ``Ledger`` contract over one SQLite file (see the module docstring).
 
@@ -121,12 +131,10 @@ class SqliteLedger:
             raise LedgerError(f"sqlite ledger: {uri!r} names no file (an in-memory database cannot be shared)")
         opts: dict[str, Any] = {}
         for name, value in parse_qsl(parts.query, strict_parsing=False):
-            if name in ("ttl", "default_ttl"):
-                opts["default_ttl"] = float(value)
-            elif name in ("busy_timeout", "settled_retention"):
-                opts[name] = float(value)
-            elif name == "synchronous":
+            if name == "synchronous":
                 opts[name] = value
+            elif name in ("ttl", "default_ttl", "busy_timeout", "settled_retention"):
+                opts["default_ttl" if name == "ttl" else name] = _seconds(value, name, uri)
             else:
                 raise LedgerError(f"sqlite ledger: unknown option {name!r} in {uri!r}")
         opts.update(options)
