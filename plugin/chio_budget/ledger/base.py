@@ -19,6 +19,8 @@ from functools import lru_cache
 from typing import Literal, Protocol, Sequence, runtime_checkable
 from urllib.parse import quote
 
+from ..errors import LedgerError
+
 DEFAULT_TTL_SECONDS = 600.0
 
 ReservationState = Literal["held", "committed", "released", "expired"]
@@ -77,6 +79,17 @@ class Ledger(Protocol):
     def open_reservations(self) -> int: ...
 
     def close(self) -> None: ...
+
+
+def parse_seconds(value: str, name: str, uri: str) -> float:
+    """A ``?ttl=30``-style URI option; ``LedgerError`` naming the URI otherwise."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise LedgerError(f"{uri}: {name}: expected seconds >= 0, got {value!r}")
+    return seconds
 
 
 @lru_cache(maxsize=65536)  # on every decision's path; quoting is slow and keys repeat

@@ -38,7 +38,7 @@ import redis as redis_py
 
 from ..errors import LedgerError
 from ..money import check_units
-from .base import DEFAULT_TTL_SECONDS, Reservation, Settlement
+from .base import DEFAULT_TTL_SECONDS, Reservation, Settlement, parse_seconds
 
 DEFAULT_PREFIX = "chio-budget"
 DEFAULT_SETTLED_RETENTION = 86_400.0
@@ -253,16 +253,6 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _seconds(value: str, name: str, uri: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:
-        raise LedgerError(f"{uri}: {name}: expected seconds >= 0, got {value!r}")
-    return seconds
-
-
 class RedisLedger:
     """The ``Ledger`` contract over one Redis server (see the module docstring).
 
@@ -306,7 +296,7 @@ class RedisLedger:
             if name == "prefix":
                 ours["prefix"] = value
             elif name in ("ttl", "default_ttl", "settled_retention"):
-                ours["default_ttl" if name == "ttl" else name] = _seconds(value, name, uri)
+                ours["default_ttl" if name == "ttl" else name] = parse_seconds(value, name, uri)
             else:
                 theirs.append((name, value))
         ours.update({k: options.pop(k) for k in ("prefix", "default_ttl", "settled_retention", "clock")

@@ -39,7 +39,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import LedgerError
 from ..money import U64_MAX, check_units
-from .base import DEFAULT_TTL_SECONDS, Reservation, Settlement
+from .base import DEFAULT_TTL_SECONDS, Reservation, Settlement, parse_seconds
 
 SCHEMA_VERSION = 1
 DEFAULT_SETTLED_RETENTION = 86_400.0
@@ -77,16 +77,6 @@ def _units(text: str, what: str) -> int:
     if v > U64_MAX:
         raise LedgerError(f"sqlite ledger: corrupt {what}: {text} exceeds 2^64-1")
     return v
-
-
-def _seconds(value: str, name: str, uri: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:
-        raise LedgerError(f"{uri}: {name}: expected seconds >= 0, got {value!r}")
-    return seconds
 
 
 class SqliteLedger:
@@ -134,7 +124,7 @@ class SqliteLedger:
             if name == "synchronous":
                 opts[name] = value
             elif name in ("ttl", "default_ttl", "busy_timeout", "settled_retention"):
-                opts["default_ttl" if name == "ttl" else name] = _seconds(value, name, uri)
+                opts["default_ttl" if name == "ttl" else name] = parse_seconds(value, name, uri)
             else:
                 raise LedgerError(f"sqlite ledger: unknown option {name!r} in {uri!r}")
         opts.update(options)
