@@ -29,7 +29,7 @@ demo: venv
 	$(BIN)/chio-budget demo
 
 bench: venv
-	$(BIN)/python bench/run.py
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .hypothesis
