@@ -45,9 +45,9 @@ _u64_max := 18446744073709551615
 
 # Rust's `current.saturating_add(requested) > limit`, exactly (OPA numbers are
 # arbitrary precision, so no sum near 2^64 is rounded).
+# (Only on a well-formed input: arithmetic on a string would be an error.)
 _exceeds(current, limit) if {
-	_is_units(current)
-	_is_units(_requested)
+	_input_ok
 	min([current + _requested, _u64_max]) > limit
 }
 
@@ -116,8 +116,26 @@ violation contains {
 # missing counter) cannot be judged: a missing number must deny, never read
 # as "no limit applies".
 violation contains {"scope": "custom", "code": "invalid_input", "message": problem} if {
+	not _input_ok
 	some problem in _input_problems
 }
+
+# The fast path: one rule that holds for every input the guard builds, so
+# the per-field problems below are only worked out for a bad input.
+_input_ok if {
+	_is_units(input.cost.units)
+	is_string(input.cost.currency)
+	_is_units(input.totals.total)
+	_is_units(input.totals.agent)
+	_is_units(input.totals.tool)
+	_session_total_ok
+	is_string(input.request.agent_id)
+	is_string(input.request.tool_key)
+}
+
+_session_total_ok if input.request.session_id == null
+
+_session_total_ok if _is_units(input.totals.session)
 
 # object.get, not a plain reference: a missing field must reach the check
 # as null, not make the whole rule undefined.
