@@ -79,6 +79,19 @@ def _units(text: str, what: str) -> int:
     return v
 
 
+@contextmanager
+def _transaction(conn: sqlite3.Connection, begin: str) -> Iterator[None]:
+    """``begin`` ... ``COMMIT``; anything raised inside rolls back."""
+    conn.execute(begin)
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 class SqliteLedger:
     """The ``Ledger`` contract over one SQLite file (see the module docstring).
 
@@ -145,17 +158,11 @@ class SqliteLedger:
             if version not in (0, SCHEMA_VERSION):
                 raise LedgerError(f"sqlite ledger: {self.path}: schema version {version}, this code knows {SCHEMA_VERSION}")
             if version == 0:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with _transaction(conn, "BEGIN IMMEDIATE"):
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
         except sqlite3.Error as exc:
             raise LedgerError(f"sqlite ledger: {self.path}: {exc}") from None
         self._conn, self._pid = conn, os.getpid()
@@ -175,14 +182,8 @@ class SqliteLedger:
         with self._lock:
             conn = self._connection()
             try:
-                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                try:
+                with _transaction(conn, "BEGIN IMMEDIATE" if write else "BEGIN"):
                     yield conn.cursor()
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 raise LedgerError(f"sqlite ledger: {self.path}: {exc}") from None
 
