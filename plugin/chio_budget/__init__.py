@@ -3,13 +3,14 @@
 from .cost import CostMetadata
 from .decision import (AgentViolation, BudgetViolation, CustomViolation, Decision, SessionViolation,
                        ToolViolation, TotalViolation)
-from .errors import ChioBudgetError, EngineError, InputError, LedgerError, PolicyError
+from .errors import (AmountError, ChioBudgetError, DecisionLogError, EngineError, InputError, LedgerError,
+                     PolicyError)
 from .guard import Authorization, BudgetGuard
 from .money import U64_MAX, MonetaryAmount
 from .policy import BudgetPolicy
 
 __all__ = [
-    "AgentViolation", "Authorization", "BudgetGuard", "BudgetPolicy", "BudgetViolation", "ChioBudgetError",
-    "CostMetadata", "CustomViolation", "Decision", "EngineError", "InputError", "LedgerError",
+    "AgentViolation", "AmountError", "Authorization", "BudgetGuard", "BudgetPolicy", "BudgetViolation", "ChioBudgetError",
+    "CostMetadata", "CustomViolation", "Decision", "DecisionLogError", "EngineError", "InputError", "LedgerError",
     "MonetaryAmount", "PolicyError", "SessionViolation", "ToolViolation", "TotalViolation", "U64_MAX",
 ]

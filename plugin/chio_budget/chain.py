@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .cost import CostMetadata
 from .decision import Decision
+from .errors import AmountError
 from .decisionlog import DecisionLog, DecisionLogError, new_decision_id
 from .guard import Authorization, BudgetGuard
 from .metrics import BudgetMetrics
@@ -273,7 +274,7 @@ class _Held:
     held_at: float = field(default_factory=time.monotonic)
 
 
-class CostError(ValueError):
+class CostError(AmountError):
     """A cost (estimate or actual) that cannot be turned into policy-currency units."""
 
 

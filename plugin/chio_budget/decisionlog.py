@@ -31,14 +31,10 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
-from .errors import ChioBudgetError
+from .errors import DecisionLogError
 
 DECISION_PATH = "chio/budget/decision"
 BUNDLE_NAME = "chio/budget"
-
-
-class DecisionLogError(ChioBudgetError):
-    """The decision log could not be written (or read, for ``explain``)."""
 
 
 def new_decision_id() -> str:

@@ -33,3 +33,16 @@ class LedgerError(ChioBudgetError):
 
 class InputError(ChioBudgetError):
     """A request (replay line, CLI argument) is malformed; nothing was recorded."""
+
+
+class AmountError(ChioBudgetError, ValueError):
+    """An amount is not a u64 of minor units (negative, float, bool, too large) or
+    cannot be turned into one (no rate, unreadable cost).
+
+    Still a ``ValueError``, so callers that caught the old ``ValueError`` keep
+    working; raised before anything is recorded.
+    """
+
+
+class DecisionLogError(ChioBudgetError):
+    """The decision log could not be written (or read, for ``explain``)."""

@@ -22,7 +22,7 @@ from .compiler import data_document
 from .cost import CostMetadata
 from .decision import Decision
 from .engines import Engine, make_engine
-from .errors import ChioBudgetError, PolicyError
+from .errors import AmountError, ChioBudgetError, PolicyError
 from .ledger import Ledger, Reservation, Settlement, counter_key, open_ledger
 from .money import MonetaryAmount, check_units, saturating_sub
 from .policy import BudgetPolicy, load_policies
@@ -117,7 +117,7 @@ class BudgetGuard:
     def _cost(self, cost: int | MonetaryAmount) -> int:
         if isinstance(cost, MonetaryAmount):
             if cost.currency != self.policy.currency:
-                raise ValueError(
+                raise AmountError(
                     f"cost is in {cost.currency}; policy {self.policy.id!r} is in {self.policy.currency} "
                     "(convert first with MonetaryAmount.convert)")
             return cost.units

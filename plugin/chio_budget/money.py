@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from .errors import AmountError
+
 U64_MAX = 2**64 - 1
 
 # ISO 4217 minor-unit exponents for the currencies we expect; everything
@@ -49,11 +51,11 @@ Currency = Annotated[str, BeforeValidator(_currency_code)]
 
 
 def check_units(value: Any, what: str = "units") -> int:
-    """Validate a plain value as u64 minor units, raising ``ValueError`` naming ``what``."""
+    """Validate a plain value as u64 minor units, raising ``AmountError`` (a ``ValueError``) naming ``what``."""
     try:
         return _strict_units(value)
     except ValueError as exc:
-        raise ValueError(f"{what}: {exc}") from None
+        raise AmountError(f"{what}: {exc}") from None
 
 
 def check_currency(value: Any, what: str = "currency") -> str:
