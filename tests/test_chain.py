@@ -9,8 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from chio_budget import MonetaryAmount
-from chio_budget.chain import (BudgetChainGuard, Guard, GuardChain, GuardContext, GuardDecision, SettlingGuard,
-                               actual_units, CostError)
+from chio_budget.actual_cost import CostError, actual_units
+from chio_budget.chain import GuardChain
+from chio_budget.chain_guard import BudgetChainGuard
+from chio_budget.kernel import Guard, GuardContext, GuardDecision, SettlingGuard
 from chio_budget.ledger import MemoryLedger
 from chain_support import AllowAll, DenyOnTool, Pending, Raising, budget, ctx, ledger_uri, unique_policy
 from conftest import guard_for, rust_policy
