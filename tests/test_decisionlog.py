@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from chio_budget.chain import GuardChain
 from chio_budget.cli import app
 from chio_budget.decisionlog import DecisionLog, explain, find_decision, read_events
+from chio_budget.engines.function import FunctionEngine
 from chio_budget.shadow import ShadowPolicy
 from chain_support import AllowAll, budget, ctx
 from conftest import U64_MAX, guard_for, make_meta, rust_policy
@@ -147,16 +148,11 @@ def test_shadow_is_logged_and_diffed_but_never_enforced(tmp_path):
 
 
 def test_a_broken_shadow_never_affects_the_call(tmp_path):
-    class Exploding:
-        policy = rust_policy()
-
-        class engine:
-            @staticmethod
-            def decide(input):
-                raise RuntimeError("shadow down")
+    def down(input):
+        raise RuntimeError("shadow down")
 
     log = tmp_path / "d.jsonl"
-    b = budget(decision_log=DecisionLog(log), shadows=[ShadowPolicy(Exploding())])
+    b = budget(decision_log=DecisionLog(log), shadows=[ShadowPolicy(guard_for(rust_policy(), FunctionEngine(down)))])
     assert b.evaluate(ctx("r1", cost_estimate=1)).verdict == "allow"
     (shadow,) = [e for e in lines(log) if e["type"] == "shadow"]
     assert "shadow down" in shadow["result"]["error"] and shadow["chio"]["diff"]["agree"] is False
