@@ -119,18 +119,6 @@ def replay(file: Path = typer.Argument(..., help="JSON lines; '-' for stdin"),
         guard.close()
 
 
-@app.command("test-rego")
-def test_rego(directory: Path = typer.Argument(Path("rego")),
-              verbose: bool = typer.Option(False, "-v", "--verbose"),
-              coverage: bool = typer.Option(False, "--coverage")) -> None:
-    """Run *_test.rego through the embedded OPA (``opa test`` stand-in; test support)."""
-    from .regotest import render, run
-
-    result = run(directory, coverage=coverage)
-    typer.echo(render(result, verbose=verbose))
-    raise typer.Exit(0 if result.ok and result.tests else 1)
-
-
 @app.command()
 def demo(policies: Path = POLICIES, policy_id: str = POLICY_ID,
          engine: str = ENGINE, opa_url: Optional[str] = OPA_URL, ledger: str = LEDGER) -> None:
@@ -197,6 +185,10 @@ def explain(decision_id: str = typer.Argument(..., help="decision_id from a deci
     if not events:
         _fail(f"{log}: no event with decision_id {decision_id!r}", 1)
     typer.echo(render_explain(events))
+
+
+from .cli_regotest import register as register_test_rego  # noqa: E402  (test-rego: the `opa test` stand-in)
+register_test_rego(app)
 
 
 def main() -> None:
