@@ -135,6 +135,18 @@ class Ledger(Protocol):
 # -- shared pieces of every backend ----------------------------------------------------------
 
 
+class ClosesOnExit:
+    """``with ledger:`` closes it on the way out (every backend mixes this in)."""
+
+    def close(self) -> None: ...
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def check_ttl(value: Any, what: str = "ttl") -> float:
     """A TTL in seconds: finite and > 0. Zero, negative, NaN or infinite is a ``LedgerError``
     (a zero TTL releases a reservation before its decision is even made)."""

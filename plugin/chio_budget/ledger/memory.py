@@ -24,12 +24,12 @@ from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
 from ..money import U64_MAX, check_units
-from .base import (DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance, Reservation,
+from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance, Reservation,
                    Settlement, check_ttl, dump_book, key_order, load_book, settled_outcome)
 from .options import LedgerOptions, parse_query
 
 
-class MemoryLedger:
+class MemoryLedger(ClosesOnExit):
     """The ``Ledger`` contract in one process (see the module docstring)."""
 
     def __init__(self, *, ttl: float = DEFAULT_TTL_SECONDS, settled_retention: float = DEFAULT_SETTLED_RETENTION,
@@ -194,11 +194,6 @@ class MemoryLedger:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "MemoryLedger":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"MemoryLedger(counters={len(self._spent)}, open={len(self._held)})"

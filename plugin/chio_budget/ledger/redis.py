@@ -47,7 +47,7 @@ from redis.retry import Retry
 
 from ..errors import LedgerError
 from ..money import check_units
-from .base import (DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance, Reservation,
+from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance, Reservation,
                    Settlement, check_ttl, dump_book, key_order)
 from .options import LedgerOptions, parse_query
 
@@ -72,7 +72,7 @@ def _reservation(receipt_id: str, raw: Any, created: bool) -> Reservation:
                        None if settled is None else int(settled), bool(r.get("l")))
 
 
-class RedisLedger:
+class RedisLedger(ClosesOnExit):
     """The ``Ledger`` contract over one Redis server (see the module docstring).
 
     Thread-safe (redis-py's connection pool) and fork-safe (the pool reconnects
@@ -201,11 +201,6 @@ class RedisLedger:
         except redis_py.RedisError:
             pass
 
-    def __enter__(self) -> "RedisLedger":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"RedisLedger(prefix={self.prefix!r})"

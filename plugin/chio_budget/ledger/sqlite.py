@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 from ..errors import LedgerError
 from ..money import U64_MAX, check_units
-from .base import (DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance, Reservation,
+from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance, Reservation,
                    Settlement, check_ttl, dump_book, key_order, load_book, settled_outcome)
 from .options import LedgerOptions, check_seconds, parse_query
 from .sqlite_schema import ensure_schema, read_units, transaction
@@ -48,7 +48,7 @@ _UPSERT = ("INSERT INTO counters (key, spent, held) VALUES (?, ?, ?) "
            "ON CONFLICT (key) DO UPDATE SET spent = excluded.spent, held = excluded.held")
 
 
-class SqliteLedger:
+class SqliteLedger(ClosesOnExit):
     """The ``Ledger`` contract over one SQLite file (see the module docstring).
 
     Thread-safe (one connection per ledger, behind a lock) and safe for many
@@ -278,11 +278,6 @@ class SqliteLedger:
                     pass
             self._conn = None
 
-    def __enter__(self) -> "SqliteLedger":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"SqliteLedger({str(self.path)!r})"
