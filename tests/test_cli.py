@@ -101,7 +101,7 @@ def test_check_reports_policy_errors_located(tmp_path):
     (tmp_path / "default.yaml").write_text("currency: USD\nmax_total: nope\n")
     r = run("check", "--meta", json.dumps(META), "--cost", 1, "--policies", tmp_path)
     assert r.exit_code == 2
-    assert f"{tmp_path}/default.yaml:2: max_total.units: must be an integer" in r.stderr
+    assert f"{tmp_path}/default.yaml:2: max_total.units: must be a plain decimal integer of minor units, got nope" in r.stderr
 
 
 def test_test_rego_passes_on_shipped_tests():
