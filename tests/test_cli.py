@@ -150,3 +150,16 @@ def test_real_opa_test_agrees_when_opa_is_installed(opa_bin):
     assert r.returncode == 0, r.stdout + r.stderr
     ours = run("test-rego", REGO_DIR)
     assert ours.stdout.rstrip().splitlines()[-2] in r.stdout  # same "PASS: n/n"
+
+
+def test_compile_to_a_directory_is_a_clear_error(policies_dir, tmp_path):
+    r = run("compile", policies_dir, "-o", tmp_path)
+    assert (r.exit_code, type(r.exception)) == (2, SystemExit)  # no traceback (it was IsADirectoryError)
+    assert r.stderr == f"{tmp_path}: cannot write the data document: is a directory\n"
+
+
+def test_compile_under_a_file_is_a_clear_error(policies_dir, tmp_path):
+    (tmp_path / "f").write_text("")
+    r = run("compile", policies_dir, "-o", tmp_path / "f" / "data.json")
+    assert (r.exit_code, type(r.exception)) == (2, SystemExit)
+    assert r.stderr.startswith(f"{tmp_path}/f/data.json: cannot write the data document: ")

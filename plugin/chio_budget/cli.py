@@ -61,8 +61,13 @@ def compile_cmd(policies: Path = typer.Argument(Path("policies"), help="policy d
         data = compile_dir(policies)
     except PolicyError as exc:
         _fail(str(exc))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(data)
+    if output.is_dir():
+        _fail(f"{output}: cannot write the data document: is a directory")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_bytes(data)
+    except OSError as exc:
+        _fail(f"{output}: cannot write the data document: {exc.strerror or exc}")
     n = len(json.loads(data)["chio"]["budget"]["policies"])
     typer.echo(f"wrote {output} ({n} polic{'y' if n == 1 else 'ies'})", err=True)
 
