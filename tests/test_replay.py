@@ -38,6 +38,13 @@ def total_spent(ledger: Path) -> int:
     return json.loads(r.stdout)["total_spent"]
 
 
+def second_line(tmp_path: Path, line: str) -> tuple[Path, Path]:
+    """An events file whose line 1 is a good ``record`` and line 2 is ``line``; and a ledger path."""
+    events, ledger = tmp_path / "events.jsonl", tmp_path / "ledger.db"
+    events.write_text(GOOD + "\n" + line.replace("META", json.dumps(META)) + "\n")
+    return events, ledger
+
+
 def assert_refused(r: subprocess.CompletedProcess, expected: str, ledger: Path) -> None:
     assert (r.returncode, r.stdout, r.stderr) == (2, "", expected + "\n")
     assert not ledger.exists()  # validation failed before the ledger was opened: nothing recorded
@@ -58,8 +65,7 @@ SURROGATE_LINES = {  # line 2 of the file, and the error it must get
 @pytest.mark.parametrize("case", sorted(SURROGATE_LINES))
 def test_lone_surrogate_anywhere_in_a_line_is_refused_before_anything_runs(tmp_path, case):
     line, path = SURROGATE_LINES[case]
-    events, ledger = tmp_path / "events.jsonl", tmp_path / "ledger.db"
-    events.write_text(GOOD + "\n" + line + "\n")
+    events, ledger = second_line(tmp_path, line)
     bad = "\\udfff" if case == "ignored_field" else "\\ud800"
     assert_refused(replay(events, ledger), f"{events}:2: {path}: lone surrogate {bad} is not valid Unicode", ledger)
     assert total_spent(ledger) == 0
@@ -81,8 +87,7 @@ def test_invalid_utf8_is_a_located_error(tmp_path, source):
      '"tool_server": "s1", "tool_name": "t1"}, "cost_units": 1}', "meta.agent_id: duplicate key"),
 ])
 def test_duplicate_json_keys_are_refused(tmp_path, line, expected):
-    events, ledger = tmp_path / "events.jsonl", tmp_path / "ledger.db"
-    events.write_text(GOOD + "\n" + line.replace("META", json.dumps(META)) + "\n")
+    events, ledger = second_line(tmp_path, line)
     assert_refused(replay(events, ledger), f"{events}:2: {expected}", ledger)
 
 
@@ -95,8 +100,7 @@ def test_duplicate_json_keys_are_refused(tmp_path, line, expected):
      '"tool_name": "y"}, "cost_units": 1}', "meta.tool_server: must not contain ':'"),
 ])
 def test_lines_that_used_to_crash_validation_are_located(tmp_path, line, expected):
-    events, ledger = tmp_path / "events.jsonl", tmp_path / "ledger.db"
-    events.write_text(GOOD + "\n" + line.replace("META", json.dumps(META)) + "\n")
+    events, ledger = second_line(tmp_path, line)
     r = replay(events, ledger)
     assert (r.returncode, r.stdout) == (2, "")
     [err] = r.stderr.splitlines()
