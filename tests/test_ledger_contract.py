@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import os
 import random
 import sys
 import time
@@ -297,6 +298,7 @@ def test_late_commit_retried_from_a_second_process_counts_once(shared_store: Sto
         futures = [pool.submit(late_commit_worker, shared_store.uri, "slow", go, 3600.0) for _ in range(2)]
         open(go, "w").close()
         outcomes = sorted(f.result() for f in futures)
+    os.remove(go)
     assert outcomes == ["already_committed", "committed_late"]
     assert ledger.balances([A]) == [Balance(30, 0)]
     assert shared_store.open(clock=lambda: time.time() + 3600).commit("slow").outcome == "already_committed"
