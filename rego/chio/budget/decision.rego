@@ -31,6 +31,7 @@ decision := {
 # METADATA
 # title: Allow
 # description: Default deny; allowed only when no rule contributes a violation.
+# scope: document
 default allow := false
 
 allow if count(violation) == 0
@@ -40,15 +41,14 @@ _policy := data.chio.budget.policies[input.policy_id]
 
 _requested := input.cost.units
 
-# u64::MAX: the Rust enforcer's counters saturate here instead of wrapping.
-_u64_max := 18446744073709551615
-
-# Rust's `current.saturating_add(requested) > limit`, exactly (OPA numbers are
-# arbitrary precision, so no sum near 2^64 is rounded).
-# (Only on a well-formed input: arithmetic on a string would be an error.)
-_exceeds(current, limit) if {
-	_input_ok
-	min([current + _requested, _u64_max]) > limit
+# Rust's `current.saturating_add(requested) > limit`, exactly: 18446744073709551615
+# is u64::MAX, where the Rust counters saturate (OPA numbers are arbitrary
+# precision, so no sum near 2^64 is rounded). Callers pass `_input_ok` as
+# `well_formed`: the call is undefined for a malformed input, on which the
+# arithmetic would be an error.
+_exceeds(current, requested, limit, well_formed) if {
+	well_formed
+	min([current + requested, 18446744073709551615]) > limit
 }
 
 # METADATA
@@ -57,6 +57,7 @@ _exceeds(current, limit) if {
 #   Partial set of reasons to deny. Objects with a `scope`; the four built-in
 #   scopes carry the numbers that explain them. Other files may add more, e.g.
 #   {"scope": "custom", "code": "...", "message": "..."}.
+# scope: document
 violation contains {
 	"scope": "total",
 	"limit_units": _policy.max_total,
@@ -64,7 +65,7 @@ violation contains {
 	"requested_units": _requested,
 	"currency": _policy.currency,
 } if {
-	_exceeds(input.totals.total, _policy.max_total)
+	_exceeds(input.totals.total, _requested, _policy.max_total, _input_ok)
 }
 
 violation contains {
@@ -76,7 +77,7 @@ violation contains {
 	"currency": _policy.currency,
 } if {
 	input.request.session_id != null
-	_exceeds(input.totals.session, _policy.max_per_session)
+	_exceeds(input.totals.session, _requested, _policy.max_per_session, _input_ok)
 }
 
 violation contains {
@@ -87,7 +88,7 @@ violation contains {
 	"requested_units": _requested,
 	"currency": _policy.currency,
 } if {
-	_exceeds(input.totals.agent, _policy.max_per_agent)
+	_exceeds(input.totals.agent, _requested, _policy.max_per_agent, _input_ok)
 }
 
 violation contains {
@@ -99,7 +100,7 @@ violation contains {
 	"currency": _policy.currency,
 } if {
 	limit := _policy.max_per_tool[input.request.tool_key]
-	_exceeds(input.totals.tool, limit)
+	_exceeds(input.totals.tool, _requested, limit, _input_ok)
 }
 
 # A cost the guard did not convert into the policy currency cannot be
@@ -126,8 +127,8 @@ _input_ok if {
 	_is_units(input.cost.units)
 	is_string(input.cost.currency)
 	_is_units(input.totals.total)
-	_counter_ok("agent")
-	_counter_ok("tool")
+	"agent" in _counter_ok
+	"tool" in _counter_ok
 	_session_total_ok
 	is_string(input.request.agent_id)
 	is_string(input.request.tool_key)
@@ -137,28 +138,37 @@ _input_ok if {
 # scope without one. A number is always fine; null only where no limit of
 # the policy reads that scope (a missing or malformed number under a limit
 # still denies).
-_counter_ok(scope) if _is_units(input.totals[scope])
+_counter_ok contains scope if {
+	some scope in ["session", "agent", "tool"]
+	_is_units(input.totals[scope])
+}
 
-_counter_ok(scope) if {
-	not _limited(scope)
+_counter_ok contains scope if {
+	some scope in ["session", "agent", "tool"]
+	not scope in _limited
 	input.totals[scope] == null
 }
 
-_limited("session") if _policy.max_per_session
+# The scopes a limit of this policy reads for this request.
+_limited contains "session" if _policy.max_per_session
 
-_limited("agent") if _policy.max_per_agent
+_limited contains "agent" if _policy.max_per_agent
 
-_limited("tool") if _policy.max_per_tool[input.request.tool_key]
+_limited contains "tool" if _policy.max_per_tool[input.request.tool_key]
 
 _session_total_ok if object.get(input, ["request", "session_id"], null) == null
 
-_session_total_ok if _counter_ok("session")
+_session_total_ok if "session" in _counter_ok
 
 # object.get, not a plain reference: a missing field must reach the check
 # as null, not make the whole rule undefined.
-_input_problems contains "cost.units must be an integer >= 0" if not _is_units(object.get(input, ["cost", "units"], null))
+_input_problems contains "cost.units must be an integer >= 0" if {
+	not _is_units(object.get(input, ["cost", "units"], null))
+}
 
-_input_problems contains "cost.currency must be a string" if not is_string(object.get(input, ["cost", "currency"], null))
+_input_problems contains "cost.currency must be a string" if {
+	not is_string(object.get(input, ["cost", "currency"], null))
+}
 
 _input_problems contains "totals.total must be an integer >= 0" if {
 	not _is_units(object.get(input, ["totals", "total"], null))
@@ -166,24 +176,24 @@ _input_problems contains "totals.total must be an integer >= 0" if {
 
 _input_problems contains sprintf("totals.%s must be an integer >= 0", [scope]) if {
 	some scope in ["agent", "tool"]
-	_limited(scope)
-	not _counter_ok(scope)
+	scope in _limited
+	not scope in _counter_ok
 }
 
 _input_problems contains sprintf("totals.%s must be an integer >= 0 or null (no %s limit applies)", [scope, scope]) if {
 	some scope in ["agent", "tool"]
-	not _limited(scope)
-	not _counter_ok(scope)
+	not scope in _limited
+	not scope in _counter_ok
 }
 
 _input_problems contains "totals.session must be an integer >= 0 when request.session_id is set" if {
 	not _session_total_ok
-	_limited("session")
+	"session" in _limited
 }
 
 _input_problems contains "totals.session must be an integer >= 0 or null (no session limit applies)" if {
 	not _session_total_ok
-	not _limited("session")
+	not "session" in _limited
 }
 
 _input_problems contains sprintf("request.%s must be a string", [name]) if {
