@@ -30,5 +30,5 @@ def make_engine(kind: str, compiled: Compiled | Mapping[str, Any], rego_dir: str
     if kind == "server":
         from .server import ServerEngine
 
-        return ServerEngine.from_options(data=as_compiled(compiled).document, rego_dir=rego_dir, **options)
+        return ServerEngine.from_options(as_compiled(compiled), rego_dir=rego_dir, **options)
     raise EngineError(f"unknown engine {kind!r}: expected 'embedded' or 'server'")
