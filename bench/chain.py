@@ -25,10 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "plugin")]
 
 from chio_budget import BudgetGuard, BudgetPolicy  # noqa: E402
-from chio_budget.chain import BudgetChainGuard, GuardChain, GuardContext, GuardDecision  # noqa: E402
+from chio_budget.chain import GuardChain  # noqa: E402
+from chio_budget.chain_guard import BudgetChainGuard  # noqa: E402
 from chio_budget.compiler import data_document  # noqa: E402
 from chio_budget.decisionlog import DecisionLog  # noqa: E402
 from chio_budget.engines.embedded import EmbeddedEngine  # noqa: E402
+from chio_budget.kernel import GuardContext, GuardDecision  # noqa: E402
 from chio_budget.metrics import BudgetMetrics  # noqa: E402
 
 

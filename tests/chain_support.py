@@ -8,7 +8,8 @@ import uuid
 
 import pytest
 
-from chio_budget.chain import BudgetChainGuard, GuardContext, GuardDecision
+from chio_budget.chain_guard import BudgetChainGuard
+from chio_budget.kernel import GuardContext, GuardDecision
 from conftest import guard_for, rust_policy
 
 

@@ -9,8 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from chio_budget import MonetaryAmount
-from chio_budget.chain import (BudgetChainGuard, Guard, GuardChain, GuardContext, GuardDecision, SettlingGuard,
-                               actual_units, CostError)
+from chio_budget.actual_cost import CostError, actual_units
+from chio_budget.chain import GuardChain
+from chio_budget.chain_guard import BudgetChainGuard
+from chio_budget.engines.function import FunctionEngine
+from chio_budget.kernel import Guard, GuardContext, GuardDecision, SettlingGuard
 from chio_budget.ledger import MemoryLedger
 from chain_support import AllowAll, DenyOnTool, Pending, Raising, budget, ctx, ledger_uri, unique_policy
 from conftest import guard_for, rust_policy
@@ -158,19 +161,10 @@ def test_in_flight_holds_count_against_later_requests():
 
 
 def test_engine_failure_denies_fail_closed():
-    class Broken:
-        name = "broken"
+    def unreachable(input):
+        raise ConnectionError("unreachable")
 
-        def decide(self, input):
-            from chio_budget import Decision
-            return Decision.deny_error("engine error: unreachable", input.get("policy_id"))
-
-        def close(self):
-            pass
-
-    from chio_budget import BudgetGuard
-
-    b = BudgetChainGuard(BudgetGuard(rust_policy(prices={"s1:search": 5}), Broken(), "memory"))
+    b = BudgetChainGuard(guard_for(rust_policy(prices={"s1:search": 5}), engine=FunctionEngine(unreachable)))
     d = b.evaluate(ctx("r1"))
     assert d.verdict == "deny" and "engine error" in d.reason
     assert b.guard.total_spent() == 0

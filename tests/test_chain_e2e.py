@@ -14,7 +14,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from chio_budget.chain import BudgetChainGuard, GuardChain
+from chio_budget.chain import GuardChain
+from chio_budget.chain_guard import BudgetChainGuard
 from chio_budget.cli import app
 from chio_budget.decisionlog import DecisionLog
 from chio_budget.metrics import BudgetMetrics

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from chio_budget import BudgetGuard
-from chio_budget.chain import BudgetChainGuard, GuardChain
+from chio_budget.chain import GuardChain
+from chio_budget.chain_guard import BudgetChainGuard
 from chio_budget.decisionlog import DecisionLog
 from chio_budget.metrics import BudgetMetrics
 from chain_support import AllowAll, ctx

@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from chio_budget.chain import GuardChain
 from chio_budget.cli import app
 from chio_budget.decisionlog import DecisionLog, explain, find_decision, read_events
+from chio_budget.errors import DecisionLogError
+from chio_budget.engines.function import FunctionEngine
 from chio_budget.shadow import ShadowPolicy
 from chain_support import AllowAll, budget, ctx
 from conftest import U64_MAX, guard_for, make_meta, rust_policy
@@ -147,16 +149,11 @@ def test_shadow_is_logged_and_diffed_but_never_enforced(tmp_path):
 
 
 def test_a_broken_shadow_never_affects_the_call(tmp_path):
-    class Exploding:
-        policy = rust_policy()
-
-        class engine:
-            @staticmethod
-            def decide(input):
-                raise RuntimeError("shadow down")
+    def down(input):
+        raise RuntimeError("shadow down")
 
     log = tmp_path / "d.jsonl"
-    b = budget(decision_log=DecisionLog(log), shadows=[ShadowPolicy(Exploding())])
+    b = budget(decision_log=DecisionLog(log), shadows=[ShadowPolicy(guard_for(rust_policy(), FunctionEngine(down)))])
     assert b.evaluate(ctx("r1", cost_estimate=1)).verdict == "allow"
     (shadow,) = [e for e in lines(log) if e["type"] == "shadow"]
     assert "shadow down" in shadow["result"]["error"] and shadow["chio"]["diff"]["agree"] is False
@@ -194,3 +191,111 @@ def test_explain_cli_errors(tmp_path):
     assert r.exit_code == 1 and "no event with decision_id 'nope'" in r.output
     r = CliRunner().invoke(app, ["explain", "x", "--log", str(tmp_path / "missing.jsonl")])
     assert r.exit_code == 2 and "cannot read" in r.output
+
+
+# -- one event, one line: separators in strings are escaped (issue 9 item 11) --
+
+
+def test_line_separators_in_request_fields_are_escaped_so_an_event_stays_one_line(tmp_path):
+    log = tmp_path / "d.jsonl"
+    odd = "a\u2028b\u0085c\u2029d\u00e9"  # LINE SEPARATOR, NEXT LINE, PARAGRAPH SEPARATOR, and a plain é
+    b = budget(decision_log=DecisionLog(log))
+    b.evaluate(ctx("r1", agent=odd, session=odd, cost_estimate=1))
+    b.on_invocation_complete("r1")
+    raw = log.read_bytes()
+    assert raw.isascii() and b"\\u2028" in raw and b"\\u0085" in raw and b"\\u2029" in raw
+    decision, settlement = raw.decode().splitlines()  # str.splitlines also splits at U+2028/U+0085/U+2029
+    assert json.loads(decision)["input"]["request"]["agent_id"] == odd
+    assert json.loads(settlement)["chio"]["request"]["session_id"] == odd
+
+
+# -- the file follows logrotate, and can rotate itself by size (issue 9 item 10) --
+
+
+def request_ids(path):
+    return [e["chio"]["request_id"] for e in lines(path)]
+
+
+def test_the_log_is_reopened_after_a_logrotate_rename(tmp_path):
+    path = tmp_path / "d.jsonl"
+    b = budget(decision_log=DecisionLog(path))
+    b.evaluate(ctx("r1", cost_estimate=1))
+    path.rename(tmp_path / "d.jsonl.1")  # what logrotate does (without copytruncate)
+    b.evaluate(ctx("r2", cost_estimate=1))
+    b.evaluate(ctx("r3", cost_estimate=1))
+    assert request_ids(tmp_path / "d.jsonl.1") == ["r1"]
+    assert request_ids(path) == ["r2", "r3"]
+
+
+def test_the_log_is_recreated_after_the_file_is_deleted(tmp_path):
+    path = tmp_path / "d.jsonl"
+    b = budget(decision_log=DecisionLog(path))
+    b.evaluate(ctx("r1", cost_estimate=1))
+    path.unlink()
+    b.evaluate(ctx("r2", cost_estimate=1))
+    assert request_ids(path) == ["r2"]
+
+
+def event(log, i):
+    return log.decision_event(decision_id=f"d{i}", input={"pad": "x" * 300}, result={"allow": True},
+                              revision=None, eval_ns=1, chio={"request_id": f"r{i}"})
+
+
+def test_size_based_rotation_keeps_backup_count_files_each_within_max_bytes(tmp_path):
+    path = tmp_path / "d.jsonl"
+    log = DecisionLog(path, max_bytes=2000, backup_count=2)
+    size = len(json.dumps(event(log, 0), separators=(",", ":"))) + 1
+    per_file = 2000 // size
+    for i in range(40):
+        log.write(event(log, i))
+    log.close()
+    files = [path.with_name(f"d.jsonl.{n}") for n in (2, 1)] + [path]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "d.jsonl.1", "d.jsonl.2"]
+    assert all(0 < p.stat().st_size <= 2000 for p in files)
+    kept = [rid for p in files for rid in request_ids(p)]
+    assert kept == [f"r{i}" for i in range(40 - len(kept), 40)]  # the newest, in order, none lost in between
+    assert len(kept) > 2 * per_file
+
+
+def test_an_event_larger_than_max_bytes_gets_a_file_of_its_own(tmp_path):
+    path = tmp_path / "d.jsonl"
+    log = DecisionLog(path, max_bytes=100, backup_count=1)
+    log.write(event(log, 0))
+    log.write(event(log, 1))
+    assert request_ids(path) == ["r1"] and request_ids(tmp_path / "d.jsonl.1") == ["r0"]
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"max_bytes": 0}, "max_bytes must be an int > 0"),
+    ({"max_bytes": 1.5}, "max_bytes must be an int > 0"),
+    ({"max_bytes": 100, "backup_count": 0}, "backup_count must be an int >= 1"),
+])
+def test_bad_rotation_options_are_refused(tmp_path, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        DecisionLog(tmp_path / "d.jsonl", **kw)
+
+
+def test_rotation_needs_a_file_sink():
+    with pytest.raises(ValueError, match="max_bytes needs a file path sink"):
+        DecisionLog([].append, max_bytes=100)
+
+
+def test_a_vanished_log_directory_denies_until_it_is_back(tmp_path):
+    path = tmp_path / "logs" / "d.jsonl"
+    b = budget(decision_log=DecisionLog(path))
+    assert b.evaluate(ctx("r1", cost_estimate=1)).allowed
+    path.unlink()
+    path.parent.rmdir()
+    d = b.evaluate(ctx("r2", cost_estimate=1))
+    assert d.verdict == "deny" and "decision log error (fail-closed)" in d.reason and "FileNotFoundError" in d.reason
+    assert b.open_holds() == 1 and b.guard.ledger.open_reservations() == 1  # only r1's hold; r2's was given back
+    path.parent.mkdir()
+    assert b.evaluate(ctx("r3", cost_estimate=1)).allowed
+    assert request_ids(path) == ["r3"]
+
+
+def test_writing_after_close_is_a_decision_log_error(tmp_path):
+    log = DecisionLog(tmp_path / "d.jsonl")
+    log.close()
+    with pytest.raises(DecisionLogError, match="closed"):
+        log.write(event(log, 0))

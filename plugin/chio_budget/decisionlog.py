@@ -17,7 +17,12 @@ Promises:
   ``committed_units`` (``null`` only when the amount does not exist, e.g.
   ``actual_units`` of a release).
 - One event is one ``write`` of one line under a lock, so lines from
-  concurrent requests never interleave.
+  concurrent requests never interleave. Lines are ASCII (``ensure_ascii``):
+  U+2028, U+2029 and U+0085 inside a string are written as JSON escapes (``\\u2028``),
+  so no line-splitting reader (``str.splitlines``, JavaScript) cuts an event.
+- A file sink follows log rotation: before each write the path is checked
+  and reopened if it was renamed or deleted (``WatchedFileHandler``
+  semantics), and with ``max_bytes`` it rotates itself by size.
 - A sink that fails raises ``DecisionLogError``; the chain guard treats a
   failed decision write as a deny (no decision without a record).
 """
@@ -25,15 +30,17 @@ Promises:
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
+from .compiler import DECISION_PATH
+from .decision import BudgetViolation
 from .errors import DecisionLogError
 
-DECISION_PATH = "chio/budget/decision"
 BUNDLE_NAME = "chio/budget"
 
 
@@ -54,28 +61,107 @@ def rfc3339_now() -> str:
 Sink = Callable[[dict[str, Any]], None]
 
 
+class LogFile:
+    """An append-only log file that follows logrotate and can rotate itself by size.
+
+    Before each write the path is stat'ed, as ``logging.handlers.WatchedFileHandler``
+    does: when the file is gone or is another file now (device or inode
+    changed: logrotate renamed it), the old handle is closed and the path
+    reopened, created if need be. With ``max_bytes``, a write that would take
+    a non-empty file past ``max_bytes`` first shifts ``path.1`` ->
+    ``path.2`` ... (dropping ``path.<backup_count>``) and renames the file to
+    ``path.1``, as ``logging.handlers.RotatingFileHandler`` does. Size
+    rotation assumes one writing process per file; with several, let
+    logrotate rotate and every process follows the rename.
+
+    Not thread-safe by itself: ``DecisionLog`` calls it under its lock.
+    """
+
+    def __init__(self, path: str | Path, *, max_bytes: int | None = None, backup_count: int = 5):
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0):
+            raise ValueError(f"max_bytes must be an int > 0, got {max_bytes!r}")
+        if isinstance(backup_count, bool) or not isinstance(backup_count, int) or backup_count < 1:
+            raise ValueError(f"backup_count must be an int >= 1, got {backup_count!r}")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.backup_count = backup_count
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._stream: TextIO | None = None
+        self._closed = False
+        self._open()
+
+    def _open(self) -> None:
+        stream = open(self.path, "a", encoding="utf-8")
+        st = os.fstat(stream.fileno())
+        self._stream, self._id, self._size = stream, (st.st_dev, st.st_ino), st.st_size
+
+    def _follow(self) -> None:
+        """Reopen when the path no longer names the open file; refresh its size."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self._id:
+            self._close_stream()
+            self._open()
+        else:
+            self._size = st.st_size
+
+    def _rotate(self) -> None:
+        self._close_stream()
+        for n in range(self.backup_count - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._open()
+
+    def write(self, line: str) -> None:
+        """Append one line (ASCII: its length is its size in bytes) and flush it."""
+        if self._closed:
+            raise ValueError("log file is closed")
+        self._follow()
+        if self.max_bytes is not None and self._size and self._size + len(line) > self.max_bytes:
+            self._rotate()
+        assert self._stream is not None
+        self._stream.write(line)
+        self._stream.flush()
+
+    def _close_stream(self) -> None:
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            stream.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._close_stream()
+
+
 class DecisionLog:
     """Writes decision, shadow and settlement events to a file or a callable.
 
-    ``sink`` is a path (opened for append, created with its parent
-    directories), an open text stream, or a callable that receives each event
-    as a ``dict`` (already JSON-safe). ``labels`` are copied into every event,
-    like OPA's ``labels`` (e.g. ``{"id": "kernel-1", "version": "0.1.0"}``).
+    ``sink`` is a path (a ``LogFile``: opened for append, created with its
+    parent directories, reopened after a logrotate rename, rotated by size
+    with ``max_bytes`` / ``backup_count``), an open text stream, or a
+    callable that receives each event as a ``dict`` (already JSON-safe).
+    ``labels`` are copied into every event, like OPA's ``labels`` (e.g.
+    ``{"id": "kernel-1", "version": "0.1.0"}``).
     """
 
     def __init__(self, sink: str | Path | TextIO | Sink, *, labels: dict[str, str] | None = None,
-                 path: str = DECISION_PATH):
+                 path: str = DECISION_PATH, max_bytes: int | None = None, backup_count: int = 5):
         self.labels = dict(labels or {})
         self.path = path
         self._lock = threading.Lock()
-        self._owned: TextIO | None = None
+        self._file: LogFile | None = None
         self._stream: TextIO | None = None
         self._callable: Sink | None = None
         if isinstance(sink, (str, Path)):
-            p = Path(sink)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            self._owned = self._stream = open(p, "a", encoding="utf-8")
-        elif callable(sink):
+            self._file = LogFile(sink, max_bytes=max_bytes, backup_count=backup_count)
+            return
+        if max_bytes is not None:
+            raise ValueError("max_bytes needs a file path sink (a stream or callable cannot be rotated)")
+        if callable(sink):
             self._callable = sink
         elif hasattr(sink, "write"):
             self._stream = sink
@@ -126,19 +212,22 @@ class DecisionLog:
                 with self._lock:  # one event at a time: the callable need not be thread-safe
                     self._callable(event)
                 return
-            line = json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n"
+            line = json.dumps(event, separators=(",", ":"), ensure_ascii=True) + "\n"
             with self._lock:
-                assert self._stream is not None
-                self._stream.write(line)
-                self._stream.flush()
+                if self._file is not None:
+                    self._file.write(line)
+                else:
+                    assert self._stream is not None
+                    self._stream.write(line)
+                    self._stream.flush()
         except Exception as exc:
             raise DecisionLogError(f"decision log write failed: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
+        """Close a file this log opened (a stream or callable given to it is the caller's)."""
         with self._lock:
-            if self._owned is not None:
-                self._owned.close()
-                self._owned = None
+            if self._file is not None:
+                self._file.close()
 
 
 # --------------------------------------------------------------------------
@@ -174,61 +263,69 @@ def _money(units: Any, currency: Any) -> str:
 
 def explain(events: list[dict[str, Any]]) -> str:
     """A readable account of one decision and what followed it."""
-    from .decision import BudgetViolation
-
-    lines: list[str] = []
     by_type: dict[str, list[dict[str, Any]]] = {}
     for ev in events:
         by_type.setdefault(ev.get("type", "decision"), []).append(ev)
+    lines: list[str] = []
     for ev in by_type.get("decision", []):
-        inp, res, chio = ev.get("input") or {}, ev.get("result") or {}, ev.get("chio") or {}
-        req = inp.get("request") or {}
-        cost = inp.get("cost") or {}
-        totals = inp.get("totals")
-        rev = (ev.get("bundles") or {}).get(BUNDLE_NAME, {}).get("revision")
-        lines.append(f"decision {ev.get('decision_id')}  at {ev.get('timestamp')}")
-        lines.append(f"  guard     {chio.get('guard', '-')}  verdict {str(chio.get('verdict', '-')).upper()}")
-        lines.append(f"  policy    {inp.get('policy_id', res.get('policy_id', '-'))}  revision {rev or '-'}")
-        lines.append(f"  request   {chio.get('request_id', req.get('receipt_id', '-'))}: agent {req.get('agent_id', '-')}"
-                     f", session {req.get('session_id') or '-'}, tool {req.get('tool_key', '-')}")
-        lines.append(f"  cost      {_money(cost.get('units'), cost.get('currency'))}"
-                     f"  (estimate from {chio.get('estimate_source', '-')})")
-        if totals:
-            lines.append("  before    " + ", ".join(f"{k} {v if v is not None else '-'}" for k, v in totals.items()))
-        allow = res.get("allow")
-        lines.append(f"  result    {'ALLOW' if allow else 'DENY'}")
-        for v in res.get("violations") or []:
-            try:
-                text = BudgetViolation.parse(v).describe()
-            except Exception:
-                text = json.dumps(v)
-            lines.append(f"    - {text}")
-        for w in res.get("warnings") or []:
-            lines.append(f"    ! warning: {json.dumps(w, separators=(',', ':'))}")
-        if res.get("error"):
-            lines.append(f"    ! error: {res['error']}")
-        ns = (ev.get("metrics") or {}).get("timer_rego_query_eval_ns")
-        lines.append(f"  eval      {'-' if ns is None else f'{ns / 1000:.1f} us'}")
+        lines += _explain_decision(ev)
     for ev in by_type.get("shadow", []):
-        res, chio = ev.get("result") or {}, ev.get("chio") or {}
-        diff = chio.get("diff") or {}
-        lines.append(f"  shadow    policy {chio.get('policy_id', '-')}: {'ALLOW' if res.get('allow') else 'DENY'}"
-                     f" ({'agrees' if diff.get('agree') else 'DISAGREES'} with enforced)")
-        for scope in diff.get("only_shadow", []):
-            lines.append(f"    + shadow-only violation: {scope}")
-        for scope in diff.get("only_enforced", []):
-            lines.append(f"    - enforced-only violation: {scope}")
+        lines += _explain_shadow(ev)
     for ev in by_type.get("settlement", []):
-        c = ev.get("chio") or {}
-        cur = c.get("currency")
-        line = (f"  settled   {c.get('outcome')} at {ev.get('timestamp')}: committed {_money(c.get('committed_units'), cur)}"
-                f", estimate {_money(c.get('estimate_units'), cur)}, actual {_money(c.get('actual_units'), cur)}"
-                f" (from {c.get('actual_source', '-')})")
-        lines.append(line)
-        if c.get("over_estimate"):
-            lines.append("    ! actual above estimate: committed, kernel marks this settlement failed")
-        if c.get("error"):
-            lines.append(f"    ! {c['error']}")
+        lines += _explain_settlement(ev)
     if not by_type.get("decision"):
         lines.insert(0, "(no decision event with this id; related events follow)")
     return "\n".join(lines)
+
+
+def _explain_decision(ev: dict[str, Any]) -> list[str]:
+    inp, res, chio = ev.get("input") or {}, ev.get("result") or {}, ev.get("chio") or {}
+    req, cost, totals = inp.get("request") or {}, inp.get("cost") or {}, inp.get("totals")
+    rev = (ev.get("bundles") or {}).get(BUNDLE_NAME, {}).get("revision")
+    lines = [
+        f"decision {ev.get('decision_id')}  at {ev.get('timestamp')}",
+        f"  guard     {chio.get('guard', '-')}  verdict {str(chio.get('verdict', '-')).upper()}",
+        f"  policy    {inp.get('policy_id', res.get('policy_id', '-'))}  revision {rev or '-'}",
+        f"  request   {chio.get('request_id', req.get('receipt_id', '-'))}: agent {req.get('agent_id', '-')}"
+        f", session {req.get('session_id') or '-'}, tool {req.get('tool_key', '-')}",
+        f"  cost      {_money(cost.get('units'), cost.get('currency'))}"
+        f"  (estimate from {chio.get('estimate_source', '-')})",
+    ]
+    if totals:
+        lines.append("  before    " + ", ".join(f"{k} {v if v is not None else '-'}" for k, v in totals.items()))
+    lines.append(f"  result    {'ALLOW' if res.get('allow') else 'DENY'}")
+    for v in res.get("violations") or []:
+        try:
+            text = BudgetViolation.parse(v).describe()
+        except Exception:
+            text = json.dumps(v)
+        lines.append(f"    - {text}")
+    lines += [f"    ! warning: {json.dumps(w, separators=(',', ':'))}" for w in res.get("warnings") or []]
+    if res.get("error"):
+        lines.append(f"    ! error: {res['error']}")
+    ns = (ev.get("metrics") or {}).get("timer_rego_query_eval_ns")
+    lines.append(f"  eval      {'-' if ns is None else f'{ns / 1000:.1f} us'}")
+    return lines
+
+
+def _explain_shadow(ev: dict[str, Any]) -> list[str]:
+    res, chio = ev.get("result") or {}, ev.get("chio") or {}
+    diff = chio.get("diff") or {}
+    lines = [f"  shadow    policy {chio.get('policy_id', '-')}: {'ALLOW' if res.get('allow') else 'DENY'}"
+             f" ({'agrees' if diff.get('agree') else 'DISAGREES'} with enforced)"]
+    lines += [f"    + shadow-only violation: {scope}" for scope in diff.get("only_shadow", [])]
+    lines += [f"    - enforced-only violation: {scope}" for scope in diff.get("only_enforced", [])]
+    return lines
+
+
+def _explain_settlement(ev: dict[str, Any]) -> list[str]:
+    c = ev.get("chio") or {}
+    cur = c.get("currency")
+    lines = [f"  settled   {c.get('outcome')} at {ev.get('timestamp')}: committed {_money(c.get('committed_units'), cur)}"
+             f", estimate {_money(c.get('estimate_units'), cur)}, actual {_money(c.get('actual_units'), cur)}"
+             f" (from {c.get('actual_source', '-')})"]
+    if c.get("over_estimate"):
+        lines.append("    ! actual above estimate: committed, kernel marks this settlement failed")
+    if c.get("error"):
+        lines.append(f"    ! {c['error']}")
+    return lines

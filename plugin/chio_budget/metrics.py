@@ -16,13 +16,23 @@ Metric names (namespace ``chio_budget``):
 - ``chio_budget_reservations_open{policy_id}`` - reservations this process
   holds for calls still running.
 - ``chio_budget_spend_units_total{policy_id,currency,scope,key}`` - committed
-  spend in minor units, per ``total`` / ``agent`` / ``tool`` counter (``key``
-  is the agent id or ``server:tool``; ``session`` only with
-  ``session_labels=True`` because session ids are unbounded).
+  spend in minor units: scope ``total`` (key ``""``) and ``tool`` (key
+  ``server:tool``); ``agent`` and ``session`` (key = the id) only with
+  ``agent_labels=True`` / ``session_labels=True``.
 - ``chio_budget_settlements_total{policy_id,outcome}`` and
   ``chio_budget_over_estimate_total{policy_id}``.
 - ``chio_budget_shadow_disagreements_total{policy_id,shadow_policy_id}``.
 - ``chio_budget_decision_log_errors_total``.
+- ``chio_budget_label_values_folded_total{label}`` - observations whose
+  label value was folded into ``other`` because the cap was reached.
+
+Every label value is bounded, so a scrape stays small however many agents,
+sessions and tools there are: ``policy_id``, ``engine`` and
+``shadow_policy_id`` come from configuration; ``outcome`` from a fixed set;
+``scope``, ``tool``, ``agent`` and ``session`` values are capped at
+``max_label_values`` distinct values each (default 1000), and later new
+values are counted under ``other``. Agent and session ids are unbounded in
+a long-running kernel, so they are not labels at all unless asked for.
 
 Prometheus samples are floats: spend above 2^53 units is shown rounded. The
 ledger is the source of truth for money; these are for watching it.
@@ -30,6 +40,7 @@ ledger is the source of truth for money; these are for watching it.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
@@ -37,12 +48,60 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 _EVAL_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
+OTHER = "other"
+
+
+class LabelCap:
+    """At most ``limit`` distinct values of one label; any later new value becomes ``other``.
+
+    The first ``limit`` values seen keep their own series for the life of
+    the process. Thread-safe; a value already admitted costs one set lookup.
+    """
+
+    def __init__(self, limit: int, on_fold: Any = None):
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+        self._on_fold = on_fold
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        with self._lock:
+            if value in self._seen or len(self._seen) < self.limit:
+                self._seen.add(value)
+                return value
+        if self._on_fold is not None:
+            self._on_fold()
+        return OTHER
+
+
+def _check_limit(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"max_label_values must be an int >= 0, got {n!r}")
+    return n
+
+
 class BudgetMetrics:
+    """The guard's Prometheus metrics; see the module docstring for names and label bounds.
+
+    ``agent_labels`` / ``session_labels`` add per-agent / per-session spend
+    series (off by default: their ids are unbounded); ``max_label_values``
+    caps the distinct values of each request-derived label.
+    """
+
     def __init__(self, registry: CollectorRegistry | None = None, *, namespace: str = "chio_budget",
-                 session_labels: bool = False):
+                 agent_labels: bool = False, session_labels: bool = False, max_label_values: int = 1000):
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.agent_labels = agent_labels
         self.session_labels = session_labels
+        self.max_label_values = _check_limit(max_label_values)
         r, ns = self.registry, namespace
+        self.label_values_folded = Counter("label_values_folded",
+                                           "Observations whose label value was folded into 'other' (cap reached)",
+                                           ["label"], namespace=ns, registry=r)
+        self._caps = {label: LabelCap(self.max_label_values, self.label_values_folded.labels(label).inc)
+                      for label in ("scope", "tool", "agent", "session")}
         self.decisions = Counter("decisions", "Budget decisions by outcome and primary violation scope",
                                  ["policy_id", "outcome", "scope"], namespace=ns, registry=r)
         self.violations = Counter("violations", "Budget violations by scope (all of them)",
@@ -73,9 +132,10 @@ class BudgetMetrics:
             outcome, scope = "allow", "none"
         else:
             outcome, scope = "deny", decision.violations[0].scope if decision.violations else "unknown"
-        self.decisions.labels(policy_id, outcome, scope).inc()
+        cap = self._caps["scope"]
+        self.decisions.labels(policy_id, outcome, cap(scope)).inc()
         for v in decision.violations:
-            self.violations.labels(policy_id, v.scope).inc()
+            self.violations.labels(policy_id, cap(v.scope)).inc()
         if eval_seconds is not None:
             self.eval_seconds.labels(policy_id, engine).observe(eval_seconds)
 
@@ -87,12 +147,15 @@ class BudgetMetrics:
         self.settlements.labels(policy_id, outcome).inc()
         if over_estimate:
             self.over_estimate.labels(policy_id).inc()
-        if committed and request is not None:
-            self.spend_units.labels(policy_id, currency, "total", "").inc(committed)
-            self.spend_units.labels(policy_id, currency, "agent", request["agent_id"]).inc(committed)
-            self.spend_units.labels(policy_id, currency, "tool", request["tool_key"]).inc(committed)
-            if self.session_labels and request.get("session_id") is not None:
-                self.spend_units.labels(policy_id, currency, "session", request["session_id"]).inc(committed)
+        if not committed or request is None:
+            return
+        spend = self.spend_units
+        spend.labels(policy_id, currency, "total", "").inc(committed)
+        spend.labels(policy_id, currency, "tool", self._caps["tool"](request["tool_key"])).inc(committed)
+        if self.agent_labels:
+            spend.labels(policy_id, currency, "agent", self._caps["agent"](request["agent_id"])).inc(committed)
+        if self.session_labels and request.get("session_id") is not None:
+            spend.labels(policy_id, currency, "session", self._caps["session"](request["session_id"])).inc(committed)
 
     # -- exposing -----------------------------------------------------------
 

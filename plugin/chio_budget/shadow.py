@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .decision import Decision
+
+if TYPE_CHECKING:
+    from .decisionlog import DecisionLog
+    from .metrics import BudgetMetrics
 
 
 @dataclass(frozen=True)
@@ -80,3 +84,27 @@ class ShadowPolicy:
         close = getattr(self._guard, "close", None)
         if close is not None:
             close()
+
+
+def run_shadows(shadows: Sequence[ShadowPolicy], enforced_input: dict[str, Any], enforced: Decision, *,
+                decision_id: str, enforced_policy_id: str, chio: dict[str, Any],
+                decision_log: "DecisionLog | None" = None, metrics: "BudgetMetrics | None" = None) -> None:
+    """Judge every shadow beside ``enforced``, log each as a ``shadow`` event, count disagreements.
+
+    Never raises: a shadow never affects the call. A failure to judge, log
+    or count one is counted in ``decision_log_errors`` and the next shadow
+    is judged. ``chio`` (guard name, request id) is copied into each event.
+    """
+    for shadow in shadows:
+        try:
+            r = shadow.evaluate(enforced_input, enforced)
+            if metrics and not r.diff["agree"]:
+                metrics.shadow_disagreements.labels(enforced_policy_id, r.policy_id).inc()
+            if decision_log is not None:
+                decision_log.write(decision_log.decision_event(
+                    type_="shadow", decision_id=decision_id, input=r.input, result=r.decision.to_json_dict(),
+                    revision=r.decision.policy_revision, eval_ns=r.eval_ns,
+                    chio=dict(chio, policy_id=r.policy_id, enforced=False, diff=r.diff)))
+        except Exception:
+            if metrics:
+                metrics.log_errors.inc()

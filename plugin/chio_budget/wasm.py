@@ -46,7 +46,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from .chain import GuardContext, GuardDecision
+from .kernel import GuardContext, GuardDecision
 
 _META_FIELDS = ("scopes", "action_type", "extracted_path", "extracted_target", "filesystem_roots",
                 "matched_grant_index")
