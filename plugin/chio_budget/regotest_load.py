@@ -9,6 +9,10 @@ and YAML documents are merged into ``data`` under the path of the
 directories below the argument; then everything is compiled. A load or
 compile failure is reported the way OPA formats it and ends the run with
 exit code 1, before any test runs.
+
+This is the one reader that does not go through ``rego_files.rego_modules``:
+``opa test`` loads data files too, names modules by the path it walked and
+treats a directory without tests as zero tests, not as an error.
 """
 
 from __future__ import annotations
