@@ -170,6 +170,7 @@ def push(policies: Path = typer.Argument(Path("policies"), help="policy director
     """
     from .bundle import bundle_contents
     from .engines.opa_http import cleartext_credentials, make_client, push as push_to, redact
+    from .rego_files import default_rego_dir
 
     if not opa_url:
         _fail("--opa-url (or CHIO_OPA_URL) is required")
@@ -185,7 +186,8 @@ def push(policies: Path = typer.Argument(Path("policies"), help="policy director
     except ChioBudgetError as exc:
         _fail(str(exc))  # bad input: exit 2
     try:
-        revision = push_to(client, contents.compiled, contents.modules)
+        revision = push_to(client, contents.compiled, contents.modules,
+                           source_dir=str((rego.parent if rego.is_file() else rego) if rego else default_rego_dir()))
     except ChioBudgetError as exc:
         _fail(f"{shown}: {exc}", 1)  # the server refused or failed
     finally:
