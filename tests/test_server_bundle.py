@@ -46,7 +46,7 @@ def test_bundle_layout_is_what_opa_run_bundle_expects(tmp_path, rego_dir):
     assert names == ["/.manifest", "/chio/budget/data.json", "/chio/budget/decision.rego", "/chio/budget/team.rego"]
     policies = load_policies(POLICIES_DIR)
     manifest = json.loads(members["/.manifest"][1])
-    assert manifest == {"revision": data_revision(policies), "roots": ["chio/budget"]}
+    assert manifest == {"revision": data_revision(policies), "rego_version": 1, "roots": ["chio/budget"]}
     assert json.loads(members["/chio/budget/data.json"][1]) == compile_policies(policies)
     assert members["/chio/budget/decision.rego"][1] == (REGO_DIR / "chio/budget/decision.rego").read_bytes()
     for member, _ in members.values():

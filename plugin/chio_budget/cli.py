@@ -142,20 +142,6 @@ def demo(policies: Path = POLICIES, policy_id: str = POLICY_ID,
 
 
 @app.command()
-def bundle(policies: Path = typer.Argument(Path("policies"), help="policy directory"),
-           rego: Optional[Path] = typer.Argument(None, help="Rego directory (default: the one shipped in the package)"),
-           output: Path = typer.Option(Path("build/bundle.tar.gz"), "-o", "--output")) -> None:
-    """Write an OPA bundle (policies compiled to data + the Rego) for `opa run --server --bundle`."""
-    from .bundle import write_bundle
-
-    try:
-        contents = write_bundle(policies, rego, output)
-    except ChioBudgetError as exc:
-        _fail(str(exc))
-    typer.echo(f"wrote {output} (revision {contents.revision}, {len(contents.modules)} Rego module(s))", err=True)
-
-
-@app.command()
 def push(policies: Path = typer.Argument(Path("policies"), help="policy directory"),
          rego: Optional[Path] = typer.Argument(None, help="Rego directory (default: the one shipped in the package)"),
          opa_url: Optional[str] = OPA_URL,
@@ -212,6 +198,8 @@ def explain(decision_id: str = typer.Argument(..., help="decision_id from a deci
 
 from .cli_regotest import register as register_test_rego  # noqa: E402  (test-rego: the `opa test` stand-in)
 register_test_rego(app)
+from .cli_bundle import register as register_bundle  # noqa: E402  (bundle: build, sign, verify)
+register_bundle(app)
 
 
 def main() -> None:
