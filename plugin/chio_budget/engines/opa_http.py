@@ -45,7 +45,8 @@ from ..errors import EngineError
 from .deadline import Call, CallTimeout, DeadlineExceeded, deadline_pools
 
 __all__ = ["PUSH_PREFIX", "DeadlineExceeded", "cleartext_credentials", "describe_error", "located_errors",
-           "make_client", "policy_ids", "push", "query", "read", "redact", "wait_for_revisions", "wait_healthy"]
+           "make_client", "opa_eval_ns", "policy_ids", "push", "query", "read", "redact", "wait_for_revisions",
+           "wait_healthy"]
 
 ROOT = "/".join(DATA_ROOT)  # "chio/budget"
 POLICIES = f"{ROOT}/policies"
@@ -201,13 +202,23 @@ def _connection_cause(exc: BaseException) -> str:
 
 # -- deciding: one call, one deadline --------------------------------------------------------------------------
 
-def query(client: OpaClient, path: str, input: Any, call: Call) -> Any:
+def query(client: OpaClient, path: str, input: Any, call: Call, *, metrics: bool = False) -> Any:
     """``POST /v1/data/<path>`` with ``{"input": input}``; the JSON body (``{}`` when undefined).
 
+    With ``metrics`` the query asks for OPA's own metrics (``?metrics``): the
+    body then has ``metrics.timer_rego_query_eval_ns``, OPA's evaluation time.
     Bounded by ``call``'s deadline as a whole (``DeadlineExceeded``); any
     other failure raises what ``requests`` raised (``describe_error`` names it).
     """
-    return _exchange(client, "POST", path, call, json={"input": input})
+    params = {"metrics": "true"} if metrics else None
+    return _exchange(client, "POST", path, call, json={"input": input}, params=params)
+
+
+def opa_eval_ns(body: Any) -> int | None:
+    """OPA's ``timer_rego_query_eval_ns`` from a ``?metrics`` answer (None when absent or not an int)."""
+    metrics = body.get("metrics") if isinstance(body, dict) else None
+    value = metrics.get("timer_rego_query_eval_ns") if isinstance(metrics, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def read(client: OpaClient, path: str, call: Call) -> Any:
