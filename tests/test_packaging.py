@@ -1,4 +1,5 @@
-"""The wheel ships the Rego, the Lua scripts and the SQL schema, so a ``pip install`` needs no source tree."""
+"""The wheel ships the Rego, the Lua scripts, the SQL schema and the decision-log JSON schema, so a ``pip install``
+needs no source tree."""
 
 from __future__ import annotations
 
@@ -25,5 +26,6 @@ def test_wheel_contains_the_decision_policy(tmp_path):
     assert {f"chio_budget/ledger/lua/{n}.lua" for n in ("lib", "reserve", "commit", "release", "get", "balances",
                                                          "add", "expire")} <= names
     assert {"chio_budget/ledger/sql/schema.sql", "chio_budget/ledger/sql/migrate_v1.sql"} <= names
+    assert "chio_budget/schemas/decision-event-v1.schema.json" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "chio-budget = chio_budget.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
