@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from .currencies import CurrencyError, check_code
 from .errors import AmountError
 
 U64_MAX = 2**64 - 1
@@ -39,15 +40,18 @@ def _strict_units(value: Any) -> int:
 
 
 def _currency_code(value: Any) -> str:
-    if not isinstance(value, str) or len(value) != 3 or not value.isascii() or not value.isupper() or not value.isalpha():
-        raise ValueError(f"must be a three-letter ISO 4217 code such as 'USD', got {value!r}")
-    return value
+    try:
+        return check_code(value)
+    except CurrencyError as exc:
+        raise ValueError(str(exc).removeprefix("currency: ")) from None
 
 
 Units = Annotated[int, BeforeValidator(_strict_units)]
 """A u64 amount in minor units; validated strictly (no coercion)."""
 
 Currency = Annotated[str, BeforeValidator(_currency_code)]
+"""A currency code, checked for shape (``currencies.check_code``); whether it has
+a scale is asked of a ``CurrencyRegistry`` where one is needed."""
 
 
 def check_units(value: Any, what: str = "units") -> int:
