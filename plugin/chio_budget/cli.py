@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from pydantic import ValidationError
 
 from .errors import ChioBudgetError, InputError, PolicyError
 
@@ -62,8 +61,13 @@ def compile_cmd(policies: Path = typer.Argument(Path("policies"), help="policy d
         data = compile_dir(policies)
     except PolicyError as exc:
         _fail(str(exc))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(data)
+    if output.is_dir():
+        _fail(f"{output}: cannot write the data document: is a directory")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_bytes(data)
+    except OSError as exc:
+        _fail(f"{output}: cannot write the data document: {exc.strerror or exc}")
     n = len(json.loads(data)["chio"]["budget"]["policies"])
     typer.echo(f"wrote {output} ({n} polic{'y' if n == 1 else 'ies'})", err=True)
 
@@ -74,13 +78,12 @@ def check(meta: str = typer.Option(..., "--meta", help="CostMetadata JSON (Rust 
           policies: Path = POLICIES, policy_id: str = POLICY_ID, rego_dir: Optional[Path] = REGO_DIR,
           engine: str = ENGINE, opa_url: Optional[str] = OPA_URL, ledger: str = LEDGER) -> None:
     """Decide one proposed cost against the ledger's current counters (holds nothing)."""
-    from .cost import CostMetadata
+    from .replay import parse_json, parse_meta
 
     try:
-        m = CostMetadata.model_validate_json(meta)
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        _fail(f"--meta: {'.'.join(map(str, e['loc'])) or '<json>'}: {e['msg']}")
+        m = parse_meta(parse_json(meta, "--meta"), "--meta")
+    except InputError as exc:
+        _fail(str(exc))
     guard = _guard(policies, policy_id, rego_dir, engine, opa_url, ledger)
     try:
         d = guard.check(m, cost_units)
@@ -98,23 +101,29 @@ def replay(file: Path = typer.Argument(..., help="JSON lines; '-' for stdin"),
     """Run check/record/authorize/remaining/total_spent events, one JSON line out per event.
 
     Every line is validated before any is run: a bad line is reported as
-    ``FILE:LINE: field: problem`` and nothing at all is recorded.
+    ``FILE:LINE: field: problem`` and nothing at all is recorded. A failure
+    while running (e.g. the ledger) is ``FILE:LINE: op: cause``, exit 2;
+    the lines before it have run.
     """
-    from .replay import load_events, run_events
+    from .replay import ReplayError, load_events, run_events
+    from .text import TextError, decode_utf8
 
     name = "<stdin>" if str(file) == "-" else str(file)
     try:
-        text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
-    except OSError as exc:
-        _fail(f"{name}:1: cannot read: {exc.strerror}")
-    try:
+        text = decode_utf8(sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes())
         events = load_events(text, name)
+    except OSError as exc:
+        _fail(f"{name}:1: cannot read: {exc.strerror or exc}")
+    except TextError as exc:
+        _fail(f"{name}:{exc.line}: {exc.message}")
     except InputError as exc:
         _fail(str(exc))
     guard = _guard(policies, policy_id, rego_dir, engine, opa_url, ledger)
     try:
-        for out in run_events(guard, events):
+        for out in run_events(guard, events, name):
             typer.echo(_dump(out))
+    except ReplayError as exc:
+        _fail(str(exc))
     finally:
         guard.close()
 
