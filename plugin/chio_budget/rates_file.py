@@ -29,7 +29,8 @@ from . import yamlsafe
 from .currencies import DEFAULT_CURRENCIES, CurrencyRegistry, check_code, declaration_problem
 from .errors import RatesError
 from .policy import format_path
-from .rates import (DEFAULT_MAX_AGE_SECONDS, U32_MAX, U64_MAX, Rate, RateError, StaticRates, pair_key)
+from .rates import DEFAULT_MAX_AGE_SECONDS, U32_MAX, U64_MAX, Rate, RateError, StaticRates, pair_key
+from .text import TextError, decode_utf8, read_limited
 
 MAX_RATES_BYTES = 1 << 20
 """Largest rates file read (1 MiB)."""
@@ -42,8 +43,9 @@ _PLAIN_DECIMAL = re.compile(r"0|[1-9][0-9]*")
 class _Reader:
     """Walks the composed document, collecting ``source:line: path: problem`` errors."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, loader: yaml.BaseResolver):
         self.source = source
+        self.loader = loader
         self._errors: list[tuple[int, str]] = []
 
     def fail(self, node: yaml.Node, path: tuple, problem: str) -> None:
@@ -77,7 +79,7 @@ class _Reader:
         if (isinstance(node, yaml.ScalarNode) and node.tag == yamlsafe.INT_TAG and node.style is None
                 and _PLAIN_DECIMAL.fullmatch(node.value) and len(node.value) <= 20 and low <= int(node.value) <= top):
             return int(node.value)
-        shown = yamlsafe.written(node) if isinstance(node, yaml.ScalarNode) else "a collection"
+        shown = yamlsafe.written(node, self.loader) if isinstance(node, yaml.ScalarNode) else "a collection"
         self.fail(node, path, f"must be a plain decimal integer from {low} to {top}, got {shown}")
         return None
 
@@ -85,9 +87,9 @@ class _Reader:
 def parse_rates(text: str, source: str = "<string>", *,
                 currencies: CurrencyRegistry = DEFAULT_CURRENCIES) -> StaticRates:
     """One rates document -> ``StaticRates``; ``RatesError`` lists every problem located."""
-    root, _ = yamlsafe.compose(text, source, what="a rates file", error=RatesError,
-                               max_bytes=MAX_RATES_BYTES, size_label="1 MiB", max_depth=16)
-    r = _Reader(source)
+    root, loader = yamlsafe.compose(text, source, what="a rates file", noun="rates file", error=RatesError,
+                                    max_bytes=MAX_RATES_BYTES, max_depth=16)
+    r = _Reader(source, loader)
     top = r.mapping(root, (), _TOP_KEYS)
     settings = {"max_age_seconds": DEFAULT_MAX_AGE_SECONDS, "margin_bps": 0}
     for name, limit in (("max_age_seconds", U64_MAX), ("margin_bps", U32_MAX)):
@@ -171,7 +173,7 @@ def _rate(r: _Reader, fields: dict[str, tuple], node: yaml.Node, path: tuple, or
 
 def _rate_value(r: _Reader, n: yaml.Node, path: tuple, updated_at: int | None, source: str) -> Rate | None:
     if not (isinstance(n, yaml.ScalarNode) and n.style in ("'", '"')):
-        shown = yamlsafe.written(n) if isinstance(n, yaml.ScalarNode) else "a collection"
+        shown = yamlsafe.written(n, r.loader) if isinstance(n, yaml.ScalarNode) else "a collection"
         r.fail(n, path, f"must be an exact decimal in quotes, e.g. \"1.0842\", got {shown} "
                         "(unquoted, YAML reads a binary float)")
         return None
@@ -193,17 +195,11 @@ def load_rates(path: str | Path, *, currencies: CurrencyRegistry = DEFAULT_CURRE
     """``rates.yaml`` (at most 1 MiB of UTF-8) -> ``StaticRates``; ``RatesError`` with every problem."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_RATES_BYTES + 1)
+        text = decode_utf8(read_limited(path, MAX_RATES_BYTES, yamlsafe.size_label(MAX_RATES_BYTES)))
+    except TextError as exc:
+        raise RatesError(f"{path}:{exc.line}: {exc.message}") from None
     except OSError as exc:
         raise RatesError(f"{path}:1: cannot read: {exc.strerror or exc}") from None
-    if len(data) > MAX_RATES_BYTES:
-        raise RatesError(f"{path}:1: file is larger than 1 MiB ({MAX_RATES_BYTES} bytes)")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise RatesError(f"{path}:{line}: invalid UTF-8") from None
     return parse_rates(text, str(path), currencies=currencies)
 
 

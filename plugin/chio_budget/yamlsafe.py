@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import yaml
 
+from .text import shorten
+
 INT_TAG = "tag:yaml.org,2002:int"
 STR_TAG = "tag:yaml.org,2002:str"
 NULL_TAG = "tag:yaml.org,2002:null"
@@ -58,15 +60,16 @@ class BoundedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
-def compose(text: str, source: str, *, what: str, error: Callable[[str], Exception], max_bytes: int,
-            size_label: str, max_depth: int = 64) -> tuple[yaml.Node, BoundedLoader]:
-    """The document's root node (and its loader, disposed, for ``resolve``/``construct_object``).
+def compose(text: str, source: str, *, what: str, noun: str, error: Callable[[str], Exception],
+            max_bytes: int, max_depth: int = 64) -> tuple[yaml.Node, BoundedLoader]:
+    """The document's root node, and its loader (for ``resolve``/``construct_object``).
 
-    Raises ``error("source:line: problem")`` for text over ``max_bytes``, an
-    empty document, a refused construct or invalid YAML.
+    ``what`` names the file kind in a refusal ("a budget policy"), ``noun``
+    in "empty policy file". Raises ``error("source:line: problem")`` for text
+    over ``max_bytes``, an empty document, a refused construct or invalid YAML.
     """
     if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise error(f"{source}:1: file is larger than {size_label} ({max_bytes} bytes)")
+        raise error(f"{source}:1: file is larger than {size_label(max_bytes)} ({max_bytes} bytes)")
     loader = BoundedLoader(text, what=what, max_depth=max_depth)
     try:
         node = loader.get_single_node()
@@ -76,18 +79,27 @@ def compose(text: str, source: str, *, what: str, error: Callable[[str], Excepti
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         raise error(f"{source}:{mark.line + 1 if mark else 1}: invalid YAML: {problem}") from None
-    finally:
-        loader.dispose()
     if node is None:
-        raise error(f"{source}:1: empty {what.removeprefix('a ').removeprefix('an ')}")
+        raise error(f"{source}:1: empty {noun}")
     return node, loader
+
+
+def size_label(max_bytes: int) -> str:
+    """``1 MiB`` for ``1 << 20``: how a size bound is named in messages."""
+    return f"{max_bytes >> 20} MiB" if max_bytes % (1 << 20) == 0 else f"{max_bytes} bytes"
 
 
 def line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
 
 
-def written(node: yaml.ScalarNode) -> str:
-    """The scalar roughly as typed (quotes kept), cut to 40 characters, for messages."""
-    text = node.value if len(node.value) <= 40 else node.value[:37] + "..."
-    return f"{node.style}{text}{node.style}" if node.style in ("'", '"') else text
+def written(node: yaml.ScalarNode, loader: yaml.BaseResolver) -> str:
+    """The scalar roughly as the operator typed it, for messages: quotes and an explicit tag kept."""
+    text = shorten(node.value)
+    if node.style in ("'", '"'):
+        text = f"{node.style}{text}{node.style}"
+    implicit = loader.resolve(yaml.ScalarNode, node.value, (node.style is None, node.style is not None))
+    if node.tag != implicit:
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!", 1)
+        text = f"{tag} {text}"
+    return text
