@@ -101,13 +101,15 @@ class Rate:
         """Seconds between the update and ``at``; 0 for an update in the future (u64 ``saturating_sub``)."""
         return max(at - self.updated_at, 0)
 
-    def decimal(self) -> str:
-        """The rate as a decimal string when it is one exactly, else ``"n/d"``."""
-        if self.denominator and 10 ** (len(str(self.denominator)) - 1) == self.denominator:
-            digits = len(str(self.denominator)) - 1
-            whole, part = divmod(self.numerator, self.denominator)
-            return f"{whole}.{part:0{digits}d}" if digits else str(whole)
-        return f"{self.numerator}/{self.denominator}"
+    def decimal(self, places: int = 10) -> str:
+        """The rate as a decimal string: exact when it is one, else ``~`` and ``places`` digits (display only)."""
+        if not self.denominator:
+            return "undefined"
+        whole, rest = divmod(self.numerator, self.denominator)
+        digits = len(str(self.denominator)) - 1
+        if 10 ** digits == self.denominator:
+            return f"{whole}.{rest:0{digits}d}" if digits else str(whole)
+        return f"~{whole}.{rest * 10 ** places // self.denominator:0{places}d}"
 
 
 @runtime_checkable
