@@ -75,3 +75,21 @@ def test_monetary_amount_accepts_the_new_codes(good):
 def test_monetary_amount_refuses_malformed_codes(bad):
     with pytest.raises(ValidationError):
         MonetaryAmount(units=1, currency=bad)
+
+
+def test_policy_currency_must_have_a_scale_located(tmp_path):
+    from chio_budget.errors import PolicyError
+    from chio_budget.policy import load_policies, parse_policy
+
+    with pytest.raises(PolicyError) as exc:
+        parse_policy("id: p\nmax_total: 5\ncurrency: credits\n", "policies/p.yaml")
+    assert exc.value.errors == ["policies/p.yaml:3: currency: unknown currency 'credits': not a kernel currency, "
+                                "not ISO 4217, and not declared under 'currencies:' in rates.yaml"]
+    with pytest.raises(PolicyError, match=r"policies/p.yaml:1: currency: currency 'XAU' has no minor unit"):
+        parse_policy("currency: XAU\nmax_total: 5\n", "policies/p.yaml", default_id="p")
+    declared = DEFAULT_CURRENCIES.with_units({"credits": 1})
+    assert parse_policy("currency: credits\nmax_total: 5\n", default_id="p", currencies=declared).currency == "credits"
+    (tmp_path / "eth.yaml").write_text("currency: ETH\nmax_total: 1000000000000000000\n")
+    assert load_policies(tmp_path)["eth"].max_total.units == 10**18
+    (tmp_path / "c.yaml").write_text("currency: credits\nmax_total: 5\n")
+    assert set(load_policies(tmp_path, currencies=declared)) == {"eth", "c"}

@@ -18,6 +18,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import yamlsafe
+from .currencies import DEFAULT_CURRENCIES, CurrencyRegistry
 from .errors import PolicyError
 from .money import U64_MAX, Currency, MonetaryAmount
 from .text import TextError, decode_utf8, lone_surrogate, read_limited, shorten
@@ -95,8 +96,10 @@ class BudgetPolicy(BaseModel):
                 out.append(((name, key), amount))
         return out
 
-    def currency_errors(self) -> list[tuple[tuple[str, ...], str]]:
-        return [
+    def currency_errors(self, currencies: CurrencyRegistry = DEFAULT_CURRENCIES) -> list[tuple[tuple[str, ...], str]]:
+        """A policy currency without a scale, and every limit in another currency."""
+        unknown = [] if self.currency in currencies else [(("currency",), currencies.unknown(self.currency))]
+        return unknown + [
             (path + ("currency",), f"limit is in {a.currency} but the policy currency is {self.currency}")
             for path, a in self.amounts()
             if a.currency != self.currency
@@ -234,8 +237,12 @@ def _compose(text: str, source: str) -> tuple[Any, _Located]:
     return loc.build(node), loc
 
 
-def parse_policy(text: str, source: str = "<string>", default_id: str | None = None) -> BudgetPolicy:
+def parse_policy(text: str, source: str = "<string>", default_id: str | None = None, *,
+                 currencies: CurrencyRegistry = DEFAULT_CURRENCIES) -> BudgetPolicy:
     """Parse one policy document; ``PolicyError`` lists every problem located.
+
+    The policy ``currency`` must have a scale in ``currencies`` (the
+    kernel's, ISO 4217's, and the units ``rates.yaml`` declares).
 
     Bounded: at most ``MAX_POLICY_BYTES`` of text, ``MAX_DEPTH`` levels, no
     anchors or aliases, so reading a hostile file costs time and memory in
@@ -261,14 +268,14 @@ def parse_policy(text: str, source: str = "<string>", default_id: str | None = N
                 msg = "required"
             errors.append(f"{source}:{loc.line_of(path)}: {format_path(path) or '<document>'}: {msg}")
         raise PolicyError(errors) from None
-    for path, msg in policy.currency_errors():
+    for path, msg in policy.currency_errors(currencies):
         errors.append(f"{source}:{loc.line_of(path)}: {format_path(path)}: {msg}")
     if errors:
         raise PolicyError(errors)
     return policy
 
 
-def load_policy_file(path: str | Path) -> BudgetPolicy:
+def load_policy_file(path: str | Path, *, currencies: CurrencyRegistry = DEFAULT_CURRENCIES) -> BudgetPolicy:
     """One policy file (at most ``MAX_POLICY_BYTES``, UTF-8); its id defaults to the file's stem."""
     path = Path(path)
     try:
@@ -277,7 +284,7 @@ def load_policy_file(path: str | Path) -> BudgetPolicy:
         raise PolicyError(f"{path}:{exc.line}: {exc.message}") from None
     except OSError as exc:
         raise PolicyError(f"{path}:1: cannot read: {exc.strerror or exc}") from None
-    return parse_policy(text, source=str(path), default_id=path.stem)
+    return parse_policy(text, source=str(path), default_id=path.stem, currencies=currencies)
 
 
 def policy_files(directory: str | Path) -> list[Path]:
@@ -289,7 +296,8 @@ def policy_files(directory: str | Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
-def load_policies(directory: str | Path) -> dict[str, BudgetPolicy]:
+def load_policies(directory: str | Path, *,
+                  currencies: CurrencyRegistry = DEFAULT_CURRENCIES) -> dict[str, BudgetPolicy]:
     """Every policy under ``directory`` (one per file), keyed by id.
 
     Errors of all files are collected into one ``PolicyError``; a duplicate
@@ -303,7 +311,7 @@ def load_policies(directory: str | Path) -> dict[str, BudgetPolicy]:
         raise PolicyError(f"{directory}:1: no policy files (*.yaml, *.yml)")
     for f in files:
         try:
-            p = load_policy_file(f)
+            p = load_policy_file(f, currencies=currencies)
         except PolicyError as exc:
             errors.extend(exc.errors)
             continue
