@@ -1,0 +1,159 @@
+"""A guard's policy as one swappable value, and reading it again from files.
+
+Everything a decision needs from the policy files - the ``BudgetPolicy``,
+the engine loaded with its compiled data and Rego, the rate oracle and the
+revisions - lives in one ``Loaded``. The guard reads its current ``Loaded``
+once per decision, so a decision never mixes two versions: a reload builds
+a complete new ``Loaded`` (parse, compile, load into a new engine, verify)
+and swaps it in with one assignment. Decisions in flight finish on the old
+one; it is closed when the last of them leaves. Counters and held
+reservations live in the ledger and are not touched.
+
+``Source`` remembers where the files are, so ``BudgetGuard.reload()`` can
+read them again; any failure there is a ``ReloadError`` naming the file and
+line, and the old ``Loaded`` stays in force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .compiler import compile_all, revision_of
+from .currencies import DEFAULT_CURRENCIES
+from .engines import Engine, make_engine
+from .errors import ChioBudgetError, PolicyError
+from .policy import BudgetPolicy, load_policies
+from .rates import RateOracle
+from .rates_file import open_rates
+from .rego_files import default_rego_dir, rego_modules
+
+
+class ReloadError(ChioBudgetError):
+    """A reload failed; the policy in force before it still is. The message is located."""
+
+
+def rego_revision(modules: Mapping[str, str]) -> str:
+    """``sha256:`` over the Rego modules (name and content): changes with any Rego edit."""
+    return revision_of({name: hashlib.sha256(src.encode("utf-8")).hexdigest() for name, src in modules.items()})
+
+
+@dataclass(eq=False)
+class Loaded:
+    """One consistent version of a guard's policy, with a count of decisions using it.
+
+    ``enter``/``leave`` bracket each decision; ``retire`` (after a swap)
+    closes the engine as soon as no decision is using it.
+    """
+
+    policy: BudgetPolicy
+    engine: Engine
+    rates: RateOracle | None = None
+    policy_revision: str | None = None
+    rego_revision: str | None = None
+    loaded_at: float = field(default_factory=time.time)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _inflight: int = field(default=0, repr=False)
+    _retired: bool = field(default=False, repr=False)
+    _closed: bool = field(default=False, repr=False)
+
+    def enter(self) -> bool:
+        """Count a decision in; False once the engine is closed (read the guard's current one again)."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._inflight += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            close = self._retired and self._inflight == 0 and not self._closed
+            if close:
+                self._closed = True
+        if close:
+            self.engine.close()
+
+    def retire(self) -> None:
+        """No new decision will start here; close the engine once the running ones are done."""
+        with self._lock:
+            self._retired = True
+            close = self._inflight == 0 and not self._closed
+            if close:
+                self._closed = True
+        if close:
+            self.engine.close()
+
+    def close(self) -> None:
+        """Close now (the guard is closing)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.engine.close()
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a guard's policy comes from, so it can be read again (``load``).
+
+    ``rates`` is a path to ``rates.yaml`` (read again on every load), a
+    ``RateOracle`` (kept as is) or None. ``verify_tests``: run the Rego
+    tests (``*_test.rego``) of ``rego_dir`` on every load and refuse a
+    version whose tests fail.
+    """
+
+    policies_dir: Path
+    policy_id: str = "default"
+    rego_dir: Path | None = None
+    engine: str = "embedded"
+    engine_options: Mapping[str, Any] = field(default_factory=dict)
+    rates: Any = None
+    verify_tests: bool = False
+
+    def watched(self) -> list[Path]:
+        """What a watcher should watch: the policies, the Rego (unless it is the shipped one), rates.yaml."""
+        out = [Path(self.policies_dir)]
+        if self.rego_dir is not None:
+            out.append(Path(self.rego_dir))
+        if isinstance(self.rates, (str, Path)):
+            out.append(Path(self.rates))
+        return out
+
+    def load(self) -> Loaded:
+        """Read, compile, test (if asked), and load into a new engine; ``ReloadError`` on any failure."""
+        try:
+            oracle = open_rates(self.rates)
+            currencies = oracle.currencies if oracle is not None else DEFAULT_CURRENCIES
+            policies = load_policies(self.policies_dir, currencies=currencies)
+            if self.policy_id not in policies:
+                raise PolicyError(f"{self.policies_dir}:1: policy_id: no policy {self.policy_id!r} "
+                                  f"(have: {', '.join(sorted(policies))})")
+            compiled = compile_all(policies)
+            modules = rego_modules(self.rego_dir)
+            if self.verify_tests:
+                verify_rego_tests(self.rego_dir)
+            engine = make_engine(self.engine, compiled, self.rego_dir, **dict(self.engine_options))
+        except ChioBudgetError as exc:
+            raise ReloadError(str(exc)) from None
+        return Loaded(policies[self.policy_id], engine, oracle, compiled.revisions.get(self.policy_id),
+                      rego_revision(modules))
+
+
+def verify_rego_tests(rego_dir: str | Path | None) -> None:
+    """Run the ``*_test.rego`` of ``rego_dir`` through the embedded OPA; ``ReloadError`` listing failures."""
+    from .regotest import run
+
+    result = run(rego_dir if rego_dir is not None else default_rego_dir())
+    if result.ok and result.tests:
+        return
+    problems = list(result.errors)
+    if not result.tests and not problems:
+        problems.append(f"{rego_dir}: no Rego tests (*_test.rego) to verify")
+    problems += [f"{t.file}: {t.ref}: {t.outcome} {t.detail}".rstrip()
+                 for t in result.tests if t.outcome in ("FAIL", "ERROR")]
+    raise ReloadError("Rego tests failed:\n" + "\n".join(problems))
