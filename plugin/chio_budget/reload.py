@@ -10,27 +10,28 @@ one; it is closed when the last of them leaves. Counters and held
 reservations live in the ledger and are not touched.
 
 ``Source`` remembers where the files are, so ``BudgetGuard.reload()`` can
-read them again; any failure there is a ``ReloadError`` naming the file and
-line, and the old ``Loaded`` stays in force.
+read them again; any failure there is an error naming the file and line
+(the guard raises it as a ``ReloadError``), and the old ``Loaded`` stays in
+force.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .compiler import compile_all, revision_of
+from .compiler import compile_policy, data_document, revision_of
 from .currencies import DEFAULT_CURRENCIES
-from .engines import Engine, make_engine
+from .engines import Engine, default_rego_dir, make_engine, rego_modules
 from .errors import ChioBudgetError, PolicyError
 from .policy import BudgetPolicy, load_policies
 from .rates import RateOracle
 from .rates_file import open_rates
-from .rego_files import default_rego_dir, rego_modules
 
 
 class ReloadError(ChioBudgetError):
@@ -124,24 +125,26 @@ class Source:
             out.append(Path(self.rates))
         return out
 
-    def load(self) -> Loaded:
-        """Read, compile, test (if asked), and load into a new engine; ``ReloadError`` on any failure."""
-        try:
-            oracle = open_rates(self.rates)
-            currencies = oracle.currencies if oracle is not None else DEFAULT_CURRENCIES
-            policies = load_policies(self.policies_dir, currencies=currencies)
-            if self.policy_id not in policies:
-                raise PolicyError(f"{self.policies_dir}:1: policy_id: no policy {self.policy_id!r} "
-                                  f"(have: {', '.join(sorted(policies))})")
-            compiled = compile_all(policies)
-            modules = rego_modules(self.rego_dir)
-            if self.verify_tests:
-                verify_rego_tests(self.rego_dir)
-            engine = make_engine(self.engine, compiled, self.rego_dir, **dict(self.engine_options))
-        except ChioBudgetError as exc:
-            raise ReloadError(str(exc)) from None
-        return Loaded(policies[self.policy_id], engine, oracle, compiled.revisions.get(self.policy_id),
-                      rego_revision(modules))
+    def load(self, engine: Engine | None = None) -> Loaded:
+        """Read, compile, test (if asked), and load into a new engine (or ``engine``, given as is).
+
+        Raises what went wrong (``PolicyError``, ``RatesError``,
+        ``EngineError``, ``ReloadError`` for failed Rego tests), located.
+        """
+        oracle = open_rates(self.rates)
+        currencies = oracle.currencies if oracle is not None else DEFAULT_CURRENCIES
+        policies = load_policies(self.policies_dir, currencies=currencies)
+        if self.policy_id not in policies:
+            raise PolicyError(f"{self.policies_dir}:1: policy_id: no policy {self.policy_id!r} "
+                              f"(have: {', '.join(sorted(policies))})")
+        policy = policies[self.policy_id]
+        if engine is not None:
+            return Loaded(policy, engine, oracle, compile_policy(policy)["revision"])
+        modules = rego_modules(self.rego_dir)
+        if self.verify_tests:
+            verify_rego_tests(self.rego_dir)
+        engine = make_engine(self.engine, data_document(policies), self.rego_dir, **dict(self.engine_options))
+        return Loaded(policy, engine, oracle, compile_policy(policy)["revision"], rego_revision(modules))
 
 
 def verify_rego_tests(rego_dir: str | Path | None) -> None:
@@ -157,3 +160,51 @@ def verify_rego_tests(rego_dir: str | Path | None) -> None:
     problems += [f"{t.file}: {t.ref}: {t.outcome} {t.detail}".rstrip()
                  for t in result.tests if t.outcome in ("FAIL", "ERROR")]
     raise ReloadError("Rego tests failed:\n" + "\n".join(problems))
+
+
+log = logging.getLogger("chio_budget.reload")
+
+
+def reload_guard(guard: Any) -> None:
+    """``BudgetGuard.reload``: load the guard's ``Source`` again and swap the result in (one at a time)."""
+    source = guard._source
+    if source is None:
+        raise ReloadError("reload: this guard was not built from files with a named engine "
+                          "(BudgetGuard.from_files(..., engine='embedded'|'server'))")
+    with guard._reload_lock:
+        old = guard._loaded
+        try:
+            new = source.load()
+        except ChioBudgetError as exc:
+            guard.reload_failures += 1
+            log.error("reload failed; policy %s stays at revision %s, Rego %s:\n%s", old.policy.id,
+                      old.policy_revision, old.rego_revision, exc)
+            _notify(guard, "reload_failed", guard, exc)
+            raise ReloadError(f"reload failed, the previous policy stays in force:\n{exc}") from None
+        guard._loaded = new
+        old.retire()
+        guard.reloads += 1
+    log.info("reloaded policy %s: revision %s, Rego %s", new.policy.id, new.policy_revision, new.rego_revision)
+    _notify(guard, "reloaded", guard)
+
+
+def _notify(guard: Any, event: str, *args: Any) -> None:
+    for hook in list(guard.event_hooks.get(event, ())):
+        try:
+            hook(*args)
+        except Exception:  # noqa: BLE001 - an observer must not break a reload
+            log.exception("%s hook failed", event)
+
+
+def watch_guard(guard: Any, **options: Any) -> None:
+    """``BudgetGuard.watch``: a ``watch.Watcher`` over the guard's files calling ``reload``.
+
+    A failed reload is logged (and counted) by ``reload_guard``; the watcher goes on.
+    """
+    from .watch import Watcher
+
+    if guard._source is None:
+        raise ReloadError("watch: this guard was not built from files with a named engine")
+    if guard._watcher is not None:
+        return
+    guard._watcher = Watcher(guard._source.watched(), lambda _paths: guard.reload(), **options).start()
