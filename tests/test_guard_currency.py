@@ -87,7 +87,7 @@ def test_commit_with_a_rate_gone_stale_since_still_commits_and_says_so(files, ca
         auth = g.authorize(meta(at=T0), eur(100))
         assert auth.allow
         clock["now"] = T0 + 601
-        with caplog.at_level("WARNING", logger="chio_budget.guard"):
+        with caplog.at_level("WARNING", logger="chio_budget.conversion"):
             s = auth.commit(actual_units=eur(100))
         assert (s.outcome, s.amount) == ("committed", 112)
         assert auth.commit_conversion.stale is False        # judged at the request's timestamp

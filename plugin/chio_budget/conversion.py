@@ -20,6 +20,7 @@ judges staleness from ``age_seconds`` and ``max_age_seconds``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace as _replace
 from typing import Any, Literal
 
@@ -28,6 +29,8 @@ from .money import U64_MAX, MonetaryAmount
 from .rates import U32_MAX, U128_MAX, Rate, RateOracle, pair_key
 
 BPS_DENOMINATOR = 10_000
+
+log = logging.getLogger("chio_budget.conversion")
 
 Status = Literal["ok", "rate_unavailable", "rate_overflow"]
 
@@ -191,3 +194,27 @@ def _apply(base: Conversion, rate: Rate) -> Conversion:
         # The kernel's conversion evidence carries the fraction as u64s; it refuses a wider one.
         return _replace(base, status="rate_overflow", reason=f"{base.pair} rate fraction does not fit in u64")
     return _replace(base, status="ok", units=units)
+
+
+def settle_amount(actual: MonetaryAmount, currency: str, oracle: RateOracle | None, at: int, now: int,
+                  receipt_id: str, estimate: int) -> tuple[int | None, Conversion]:
+    """A call's actual foreign cost in ``currency`` units, converted at the request's timestamp ``at``.
+
+    The call happened, so this never refuses: a rate stale by commit time
+    ``now`` (or already at ``at``) still converts, with a warning; with no
+    usable rate the estimate is committed (None), and past 2^64-1 the most a
+    counter holds, both logged as errors. Returns the units and the facts.
+    """
+    c = convert(actual, currency, oracle, at)
+    if c.status == "ok":
+        age_now = None if c.rate is None else c.rate.age_seconds(now)
+        if age_now is not None and c.max_age_seconds is not None and (c.stale or age_now > c.max_age_seconds):
+            log.warning("commit %s: the %s rate from %s is %s s old, stale by commit time (max %s s); "
+                        "committed anyway, the call happened", receipt_id, c.pair, c.rate.source, age_now,
+                        c.max_age_seconds)
+        return c.units, c
+    if c.status == "rate_overflow":
+        log.error("commit %s: %s; committing %s (2^64-1)", receipt_id, c.reason, U64_MAX)
+        return U64_MAX, c
+    log.error("commit %s: %s; committing the estimate (%s)", receipt_id, c.reason, estimate)
+    return None, c

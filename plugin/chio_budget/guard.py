@@ -27,22 +27,21 @@ new version in while decisions run.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from .authorization import Authorization, Cost, Evaluation
 from .compiler import compile_policy
-from .conversion import Conversion, convert
+from .conversion import Conversion, convert, settle_amount
 from .cost import CostMetadata
 from .decision import Decision
 from .engines import Engine
-from .errors import AmountError, ChioBudgetError, LedgerError
-from .ledger import Ledger, Reservation, Settlement, counter_key, open_ledger
+from .errors import AmountError, LedgerError
+from .ledger import Ledger, Reservation, counter_key, open_ledger
 from .ledger.base import check_ttl, key_order
 from .money import MonetaryAmount, U64_MAX, check_units
 from .policy import BudgetPolicy
@@ -50,78 +49,12 @@ from .rates import RateOracle
 from .rates_file import open_rates
 from .reload import Loaded, ReloadError, Source
 
-log = logging.getLogger("chio_budget.guard")
-
 CleanupHook = Callable[[str, Exception], None]
-Cost = int | MonetaryAmount
+__all__ = ["Authorization", "BudgetGuard", "Evaluation", "ReloadError"]
 
 
 def _as_meta(meta: CostMetadata | Mapping[str, Any]) -> CostMetadata:
     return meta if isinstance(meta, CostMetadata) else CostMetadata.model_validate(meta)
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """A decision with what produced it: the exact OPA ``input``, the wall time of
-    ``engine.decide`` in ns (``input``/``eval_ns`` are None when OPA was not asked),
-    the conversion of a foreign cost, and the Rego revision it ran on."""
-
-    decision: Decision
-    input: dict[str, Any] | None = None
-    eval_ns: int | None = None
-    conversion: Conversion | None = None
-    rego_revision: str | None = None
-
-
-@dataclass
-class Authorization:
-    """A decision plus the reservation that backs it while the call runs.
-
-    Allowed: the cost is held; ``commit`` turns it into spend (``actual_units``
-    replaces the estimate; past the TTL the ledger posts it once, as
-    ``committed_late``), ``release`` gives it back. Denied: nothing is held
-    and both are no-ops (``unknown``). Both are idempotent, and equally
-    valid from any process sharing the ledger (they act on the receipt id).
-    """
-
-    decision: Decision
-    receipt_id: str
-    estimate_units: int
-    _guard: "BudgetGuard" = field(repr=False)
-    input: dict[str, Any] | None = None
-    """The exact OPA input sent (None when OPA was not asked)."""
-    eval_ns: int | None = None
-    """Wall time of ``engine.decide``, in ns."""
-    attempt: str = ""
-    """This authorize call's token, stored with the reservation it created."""
-    _held: bool = field(default=False, repr=False)
-    conversion: Conversion | None = None
-    """How a foreign estimate was converted (None for a cost in the policy currency)."""
-    rego_revision: str | None = None
-    timestamp: int = 0
-    """The request's timestamp: a foreign actual cost is converted at it."""
-    commit_conversion: Conversion | None = None
-    """How the last ``commit(actual_units=MonetaryAmount(...))`` was converted."""
-    _rates: RateOracle | None = field(default=None, repr=False)
-    _currency: str = field(default="", repr=False)
-
-    @property
-    def allow(self) -> bool:
-        return self.decision.allow
-
-    def commit(self, actual_units: Cost | None = None) -> Settlement:
-        """Count the call: ``actual_units`` (policy-currency units, or a ``MonetaryAmount``
-        in any currency, converted at the request's timestamp), else the estimate."""
-        if not self._held:
-            return Settlement(self.receipt_id, "unknown")
-        if isinstance(actual_units, MonetaryAmount):
-            actual_units = self._guard._settle_units(self, actual_units)
-        return self._guard.ledger.commit(self.receipt_id, actual_units)
-
-    def release(self) -> Settlement:
-        if not self._held:
-            return Settlement(self.receipt_id, "unknown")
-        return self._guard.ledger.release(self.receipt_id)
 
 
 class BudgetGuard:
@@ -326,28 +259,9 @@ class BudgetGuard:
                     pass
 
     def _settle_units(self, auth: Authorization, actual: MonetaryAmount) -> int | None:
-        """A foreign actual cost in policy units, converted at the request's timestamp.
-
-        The call happened, so this never refuses: a rate stale by commit
-        time (or stale at the request) still converts, logged; with no
-        usable rate the estimate is committed (None), and past 2^64-1 the
-        most a counter holds, both logged as errors.
-        """
-        c = convert(actual, auth._currency, auth._rates, auth.timestamp)
-        auth.commit_conversion = c
-        if c.status == "ok":
-            assert c.rate is not None or c.units is not None
-            age_now = None if c.rate is None else c.rate.age_seconds(int(self.clock()))
-            if c.rate is not None and c.max_age_seconds is not None and (c.stale or age_now > c.max_age_seconds):
-                log.warning("commit %s: the %s rate from %s is %s s old, stale by commit time (max %s s); "
-                            "committed anyway, the call happened", auth.receipt_id, c.pair, c.rate.source,
-                            age_now, c.max_age_seconds)
-            return c.units
-        if c.status == "rate_overflow":
-            log.error("commit %s: %s; committing %s (2^64-1)", auth.receipt_id, c.reason, U64_MAX)
-            return U64_MAX
-        log.error("commit %s: %s; committing the estimate (%s)", auth.receipt_id, c.reason, auth.estimate_units)
-        return None
+        units, auth.commit_conversion = settle_amount(actual, auth._currency, auth._rates, auth.timestamp,
+                                                      int(self.clock()), auth.receipt_id, auth.estimate_units)
+        return units
 
     # -- the API -------------------------------------------------------------
 
