@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .compiler import compile_policy, data_document, revision_of
+from .compiler import compile_all, revision_of
 from .currencies import DEFAULT_CURRENCIES
-from .engines import Engine, default_rego_dir, make_engine, rego_modules
+from .engines import Engine, make_engine
 from .errors import ChioBudgetError, PolicyError
 from .policy import BudgetPolicy, load_policies
 from .rates import RateOracle
 from .rates_file import open_rates
+from .rego_files import default_rego_dir, rego_modules
 
 
 class ReloadError(ChioBudgetError):
@@ -137,14 +138,15 @@ class Source:
         if self.policy_id not in policies:
             raise PolicyError(f"{self.policies_dir}:1: policy_id: no policy {self.policy_id!r} "
                               f"(have: {', '.join(sorted(policies))})")
-        policy = policies[self.policy_id]
+        policy, compiled = policies[self.policy_id], compile_all(policies)
+        revision = compiled.revisions[self.policy_id]
         if engine is not None:
-            return Loaded(policy, engine, oracle, compile_policy(policy)["revision"])
+            return Loaded(policy, engine, oracle, revision)
         modules = rego_modules(self.rego_dir)
         if self.verify_tests:
             verify_rego_tests(self.rego_dir)
-        engine = make_engine(self.engine, data_document(policies), self.rego_dir, **dict(self.engine_options))
-        return Loaded(policy, engine, oracle, compile_policy(policy)["revision"], rego_revision(modules))
+        engine = make_engine(self.engine, compiled, self.rego_dir, **dict(self.engine_options))
+        return Loaded(policy, engine, oracle, revision, rego_revision(modules))
 
 
 def verify_rego_tests(rego_dir: str | Path | None) -> None:
