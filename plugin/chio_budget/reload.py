@@ -126,8 +126,13 @@ class Source:
             out.append(Path(self.rates))
         return out
 
-    def load(self, engine: Engine | None = None) -> Loaded:
+    def load(self, engine: Engine | None = None, previous: Loaded | None = None) -> Loaded:
         """Read, compile, test (if asked), and load into a new engine (or ``engine``, given as is).
+
+        On an OPA server the new engine pushes (``push=True``) or waits for
+        the server to serve the new revision (a bundle it pulls) before it
+        exists; meanwhile ``previous``'s engine accepts decisions made on
+        either revision.
 
         Raises what went wrong (``PolicyError``, ``RatesError``,
         ``EngineError``, ``ReloadError`` for failed Rego tests), located.
@@ -145,7 +150,15 @@ class Source:
         modules = rego_modules(self.rego_dir)
         if self.verify_tests:
             verify_rego_tests(self.rego_dir)
-        engine = make_engine(self.engine, compiled, self.rego_dir, **dict(self.engine_options))
+        switching = getattr(previous.engine if previous else None, "accept_revisions", None)
+        if switching is not None:
+            switching(compiled.revisions)
+        try:
+            engine = make_engine(self.engine, compiled, self.rego_dir, **dict(self.engine_options))
+        except BaseException:
+            if switching is not None:
+                switching({})
+            raise
         return Loaded(policy, engine, oracle, revision, rego_revision(modules))
 
 
@@ -176,7 +189,7 @@ def reload_guard(guard: Any) -> None:
     with guard._reload_lock:
         old = guard._loaded
         try:
-            new = source.load()
+            new = source.load(previous=old)
         except ChioBudgetError as exc:
             guard.reload_failures += 1
             log.error("reload failed; policy %s stays at revision %s, Rego %s:\n%s", old.policy.id,
