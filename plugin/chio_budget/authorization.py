@@ -66,8 +66,10 @@ class Authorization:
     """The request's timestamp: a foreign actual cost is converted at it."""
     commit_conversion: Conversion | None = None
     """How the last ``commit(actual_units=MonetaryAmount(...))`` was converted."""
-    _rates: RateOracle | None = field(default=None, repr=False)
-    _currency: str = field(default="", repr=False)
+    rates: RateOracle | None = field(default=None, repr=False)
+    """The rate oracle in force when it was authorized (a foreign actual cost is converted with it)."""
+    currency: str = ""
+    """The policy currency it was authorized in."""
 
     @property
     def allow(self) -> bool:

@@ -259,7 +259,7 @@ class BudgetGuard:
                     pass
 
     def _settle_units(self, auth: Authorization, actual: MonetaryAmount) -> int | None:
-        units, auth.commit_conversion = settle_amount(actual, auth._currency, auth._rates, auth.timestamp,
+        units, auth.commit_conversion = settle_amount(actual, auth.currency, auth.rates, auth.timestamp,
                                                       int(self.clock()), auth.receipt_id, auth.estimate_units)
         return units
 
