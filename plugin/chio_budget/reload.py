@@ -74,19 +74,18 @@ class Loaded:
     def leave(self) -> None:
         with self._lock:
             self._inflight -= 1
-            close = self._retired and self._inflight == 0 and not self._closed
-            if close:
-                self._closed = True
-        if close:
-            self.engine.close()
+        self._close_when_idle()
 
     def retire(self) -> None:
         """No new decision will start here; close the engine once the running ones are done."""
         with self._lock:
             self._retired = True
-            close = self._inflight == 0 and not self._closed
-            if close:
-                self._closed = True
+        self._close_when_idle()
+
+    def _close_when_idle(self) -> None:
+        with self._lock:
+            close = self._retired and self._inflight == 0 and not self._closed
+            self._closed = self._closed or close
         if close:
             self.engine.close()
 
