@@ -28,6 +28,7 @@ from typing import Any
 
 from .compiler import DATA_ROOT, Compiled, canonical_json, compile_all
 from .errors import EngineError
+from .currencies import DEFAULT_CURRENCIES, CurrencyRegistry
 from .policy import load_policies
 from .rego_files import rego_modules
 
@@ -75,9 +76,10 @@ def _check_package(path: str, source: str) -> None:
             f"(modules must be in package {'.'.join(DATA_ROOT)} or below it)")
 
 
-def bundle_contents(policies_dir: str | Path, rego_dir: str | Path | None = None) -> BundleContents:
+def bundle_contents(policies_dir: str | Path, rego_dir: str | Path | None = None, *,
+                    currencies: CurrencyRegistry = DEFAULT_CURRENCIES) -> BundleContents:
     """Compile the YAML policies and collect the Rego modules (``PolicyError``/``EngineError``)."""
-    compiled = compile_all(load_policies(policies_dir))
+    compiled = compile_all(load_policies(policies_dir, currencies=currencies))
     modules = rego_modules(rego_dir)
     for path, src in modules.items():
         _check_package(path, src)
@@ -124,9 +126,10 @@ def pack(files: dict[str, bytes]) -> bytes:
 
 
 def write_bundle(policies_dir: str | Path, rego_dir: str | Path | None, output: str | Path, *,
-                 signing_key: str | None = None, signing_alg: str = "RS256") -> BundleContents:
+                 signing_key: str | None = None, signing_alg: str = "RS256",
+                 currencies: CurrencyRegistry = DEFAULT_CURRENCIES) -> BundleContents:
     """Build the bundle of ``policies_dir`` + ``rego_dir`` (signed with ``signing_key``) and write it."""
-    contents = bundle_contents(policies_dir, rego_dir)
+    contents = bundle_contents(policies_dir, rego_dir, currencies=currencies)
     data = bundle_bytes(contents, signing_key=signing_key, signing_alg=signing_alg)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)

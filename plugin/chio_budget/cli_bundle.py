@@ -19,16 +19,12 @@ does not verify, 2 bad input (a key that cannot be read, no bundle).
 """
 
 
-def bundle(policies: Path = typer.Argument(Path("policies"), help="policy directory"),
-           rego: Optional[Path] = typer.Argument(None, help="Rego directory (default: the one shipped in the package)"),
-           output: Path = typer.Option(Path("build/bundle.tar.gz"), "-o", "--output"),
-           signing_key: Optional[str] = typer.Option(None, "--signing-key", help="sign with this key (opa sign)"),
-           signing_alg: str = typer.Option("RS256", "--signing-alg", help="RS256 | HS256 | ES256 | ..."),
-           verify: bool = typer.Option(False, "--verify", help="verify the bundle at -o instead of building"),
-           verification_key: Optional[str] = typer.Option(None, "--verification-key",
-                                                          help="public key, certificate or HMAC secret")) -> None:
+def run(policies: Path, rego: Optional[Path], output: Path, signing_key: Optional[str], signing_alg: str,
+        verify: bool, verification_key: Optional[str], rates: Optional[Path]) -> None:
+    """Build (and sign) the bundle, or verify the one at ``output``."""
     from .bundle import read_bundle_files, write_bundle
     from .bundle_sign import ALGORITHMS, BundleSignatureError, verify as verify_bundle
+    from .cli import _currencies, _rates
 
     if signing_alg not in ALGORITHMS:
         _fail(f"--signing-alg {signing_alg}: unknown signature algorithm (one of {', '.join(ALGORITHMS)})")
@@ -46,7 +42,8 @@ def bundle(policies: Path = typer.Argument(Path("policies"), help="policy direct
         typer.echo(f"verified {output}: {len(signed)} file(s) signed with {signing_alg}")
         return
     try:
-        contents = write_bundle(policies, rego, output, signing_key=signing_key, signing_alg=signing_alg)
+        contents = write_bundle(policies, rego, output, signing_key=signing_key, signing_alg=signing_alg,
+                                currencies=_currencies(_rates(rates)))
     except ChioBudgetError as exc:
         _fail(str(exc))
     signed = f", signed with {signing_alg}" if signing_key else ""
@@ -60,4 +57,17 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("bundle", help=HELP)(bundle)
+    """Add ``bundle`` to ``app`` (called from ``cli`` once its shared options exist)."""
+    from .cli import RATES
+
+    @app.command("bundle", help=HELP)
+    def bundle(policies: Path = typer.Argument(Path("policies"), help="policy directory"),
+               rego: Optional[Path] = typer.Argument(None, help="Rego directory (default: the one shipped)"),
+               output: Path = typer.Option(Path("build/bundle.tar.gz"), "-o", "--output"),
+               signing_key: Optional[str] = typer.Option(None, "--signing-key", help="sign with this key (opa sign)"),
+               signing_alg: str = typer.Option("RS256", "--signing-alg", help="RS256 | HS256 | ES256 | ..."),
+               verify: bool = typer.Option(False, "--verify", help="verify the bundle at -o instead of building"),
+               verification_key: Optional[str] = typer.Option(None, "--verification-key",
+                                                              help="public key, certificate or HMAC secret"),
+               rates: Optional[Path] = RATES) -> None:
+        run(policies, rego, output, signing_key, signing_alg, verify, verification_key, rates)
