@@ -250,6 +250,29 @@ def test_reused_receipt_for_another_request_is_denied(store: Store):
     assert g.total_held() == 100 and g.ledger.open_reservations() == 1
 
 
+def test_reused_receipt_for_another_request_is_denied_even_when_the_counters_are_the_same(store: Store):
+    """Issue 9 item 7, second half: under a policy with only a total limit every request has
+    the same counter keys, so comparing keys let another agent/session/tool take over r1's hold."""
+    g = guard_for(rust_policy(**TOTAL_ONLY), ledger=store.open())
+    assert g.authorize(make_meta("a1", receipt="r1"), 100).allow
+    for other in (make_meta("a2", receipt="r1"), make_meta(tool="expensive", receipt="r1"),
+                  make_meta(session="sess-2", receipt="r1"), make_meta(session=None, receipt="r1")):
+        assert g.counter_keys(other) == g.counter_keys(make_meta("a1"))
+        d = g.authorize(other, 100).decision
+        assert (d.allow, d.error) == (False, "receipt 'r1' is already held for a different request")
+    assert g.authorize(make_meta("a1", receipt="r1"), 100).allow  # the same request: a retry
+    assert g.total_held() == 100 and g.ledger.open_reservations() == 1
+
+
+def test_the_guard_stores_the_request_identity_with_the_callers_book(store: Store):
+    g = guard_for(rust_policy(**TOTAL_ONLY), ledger=store.open())
+    g.authorize(make_meta("a1", receipt="r1"), 100, book={"note": "mine"})
+    g.authorize(make_meta("a1", receipt="r2", session=None), 100)
+    ident = {"policy_id": "default", "agent_id": "a1", "session_id": "sess-1", "tool_key": "s1:t1"}
+    assert g.ledger.get("r1").book == {"note": "mine", "identity": ident}
+    assert g.ledger.get("r2").book == {"identity": dict(ident, session_id=None)}
+
+
 @pytest.mark.parametrize("bad", [0, -5, math.nan, math.inf, -math.inf])
 def test_ttl_must_be_finite_and_positive(bad, tmp_path):
     """Issue 9 item 8: a TTL of 0 or -5 released reservations before their decision (overspend)."""

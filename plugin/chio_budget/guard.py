@@ -15,7 +15,12 @@ dropping spend would under-count it.
 
 Only counters some limit reads are kept (``counter_keys``): a per-agent
 counter under a policy without an agent limit would grow with every new
-agent id and never be read.
+agent id and never be read. "Some limit" is a limit of this guard's policy
+or of a policy it ``track``s (a shadow judged on this guard's counters).
+
+Every reservation carries the request's identity (policy, agent, session,
+tool) in its book, so a receipt id reused by another request is recognised
+even when both requests touch the same counters.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .compiler import data_document
 from .cost import CostMetadata
@@ -91,6 +96,16 @@ class Authorization:
             return Settlement(self.receipt_id, "unknown")
         return self._guard.ledger.release(self.receipt_id)
 
+    def give_back(self) -> None:
+        """Release the hold only if this ``authorize`` call created it, never raising.
+
+        For a caller abandoning an allowed call (a later failure of its own): a
+        retried authorize leaves the hold an earlier attempt made alone, and a
+        ledger failure is counted as an orphan cleanup failure (the TTL ends the hold).
+        """
+        if self._held:
+            self._guard._give_back(self.receipt_id, self.attempt)
+
 
 class BudgetGuard:
     """One policy's guard. Thread-safe: engines and ledgers are.
@@ -98,10 +113,13 @@ class BudgetGuard:
     ``event_hooks["cleanup_failed"]``: callables ``(receipt_id, exc)`` told
     when a hold this guard tried to give back could not be (the chain member
     turns that into a metric); ``orphan_cleanup_failures`` counts them.
+
+    ``track``: other policies whose limits this guard's counters must also
+    serve (see ``track``).
     """
 
     def __init__(self, policy: BudgetPolicy, engine: Engine, ledger: Ledger | str | None = "memory", *,
-                 reservation_ttl: float | None = None):
+                 reservation_ttl: float | None = None, track: Iterable[BudgetPolicy] = ()):
         self.policy = policy
         self.engine = engine
         self.ledger = open_ledger(ledger)
@@ -110,6 +128,8 @@ class BudgetGuard:
         self.orphan_cleanup_failures = 0
         self._failures_lock = threading.Lock()
         self._total_key = counter_key(policy.id, "total")
+        self.tracked: tuple[BudgetPolicy, ...] = ()
+        self.track(*track)
 
     @classmethod
     def from_files(cls, policies_dir: str | Path, policy_id: str = "default", rego_dir: str | Path | None = None,
@@ -135,21 +155,42 @@ class BudgetGuard:
 
     # -- plumbing ------------------------------------------------------------
 
+    def track(self, *policies: BudgetPolicy) -> None:
+        """Also keep the counters these policies' limits read, under this guard's policy.
+
+        A shadow policy is judged on the enforced decision's ``totals``; a scope
+        only the shadow limits (say an agent limit) would otherwise be ``null``
+        there and the shadow could only answer ``invalid_input``. Tracking adds
+        counters (and reservations on them) but never a limit: the enforced
+        decision is unchanged. Call it while setting up, before traffic.
+        """
+        self.tracked = self.tracked + tuple(p for p in policies if p not in self.tracked)
+        every = (self.policy, *self.tracked)
+        self._session_limited = any(p.max_per_session is not None for p in every)
+        self._agent_limited = any(p.max_per_agent is not None for p in every)
+        self._tool_limited = frozenset(k for p in every for k in p.max_per_tool)
+
     def counter_keys(self, meta: CostMetadata) -> dict[str, str]:
         """The ledger key of every counter some limit reads, by scope.
 
-        ``total`` always; ``session`` when the policy has a session limit and
-        the request a session; ``agent`` when it has an agent limit; ``tool``
-        when the tool is listed in ``max_per_tool``.
+        ``total`` always; ``session`` when the policy (or a tracked one) has a
+        session limit and the request a session; ``agent`` when one has an
+        agent limit; ``tool`` when the tool is listed in one's ``max_per_tool``.
         """
-        p, keys = self.policy, {"total": self._total_key}
-        if p.max_per_session is not None and meta.session_id is not None:
-            keys["session"] = counter_key(p.id, "session", meta.session_id)
-        if p.max_per_agent is not None:
-            keys["agent"] = counter_key(p.id, "agent", meta.agent_id)
-        if meta.tool_key in p.max_per_tool:
-            keys["tool"] = counter_key(p.id, "tool", meta.tool_key)
+        pid, keys = self.policy.id, {"total": self._total_key}
+        if self._session_limited and meta.session_id is not None:
+            keys["session"] = counter_key(pid, "session", meta.session_id)
+        if self._agent_limited:
+            keys["agent"] = counter_key(pid, "agent", meta.agent_id)
+        if meta.tool_key in self._tool_limited:
+            keys["tool"] = counter_key(pid, "tool", meta.tool_key)
         return keys
+
+    def identity(self, meta: CostMetadata) -> dict[str, Any]:
+        """Who spends on what: stored in every reservation's book as ``identity``, so a
+        receipt id reused by another request is refused even when the counters match."""
+        return {"policy_id": self.policy.id, "agent_id": meta.agent_id, "session_id": meta.session_id,
+                "tool_key": meta.tool_key}
 
     def _cost(self, cost: int | MonetaryAmount) -> int:
         if isinstance(cost, MonetaryAmount):
@@ -218,25 +259,27 @@ class BudgetGuard:
         """Reserve, decide, and release at once if denied (atomic under concurrency).
 
         Idempotent by ``meta.receipt_id``: authorizing a receipt that already
-        holds a reservation for the same counters decides on that reservation
-        again (at its amount). The receipt held for other counters, or
-        already settled, is a deny. ``book`` (a JSON object) is stored with
-        the reservation, for whoever settles it (``ledger.get``).
+        holds a reservation for the same request (policy, agent, session,
+        tool) decides on that reservation again (at its amount). The receipt
+        held for another request, or already settled, is a deny. ``book`` (a
+        JSON object) is stored with the reservation, for whoever settles it
+        (``ledger.get``); the guard adds the request's ``identity`` to it.
         """
         meta, cost = _as_meta(meta), self._cost(cost_units)
         keys = self.counter_keys(meta)
+        ident = self.identity(meta)
         attempt = uuid.uuid4().hex
         rid = meta.receipt_id
         try:
             r: Reservation = self.ledger.reserve(rid, list(keys.values()), cost, self.reservation_ttl,
-                                                 book=book, attempt=attempt)
+                                                 book={**(book or {}), "identity": ident}, attempt=attempt)
         except LedgerError as exc:  # it may have run (a lost reply): give back only what this attempt made
             self._give_back(rid, attempt)
             return Authorization(self._deny(f"ledger error: {exc}"), rid, cost, self, attempt=attempt)
         if r.state != "held":
             return Authorization(self._deny(f"receipt {rid!r} was already {r.state}"), rid, cost, self,
                                  attempt=attempt)
-        if r.keys != key_order(keys.values()):
+        if r.keys != key_order(keys.values()) or (r.book or {}).get("identity", ident) != ident:
             return Authorization(self._deny(f"receipt {rid!r} is already held for a different request"), rid, cost,
                                  self, attempt=attempt)
         before = dict(zip(r.keys, r.before))
