@@ -7,7 +7,7 @@ from chio_budget.chain import GuardChain
 from chio_budget.chain_guard import BudgetChainGuard
 from chio_budget.decisionlog import DecisionLog
 from chio_budget.metrics import BudgetMetrics
-from chain_support import AllowAll, ctx
+from support.chain import AllowAll, ctx
 from opa_fixtures import POLICIES_DIR, opa_server  # noqa: F401  (fixture)
 
 

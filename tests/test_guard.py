@@ -11,10 +11,10 @@ from chio_budget.errors import LedgerError, PolicyError
 from chio_budget.guard import BudgetGuard, Evaluation
 from chio_budget.ledger import MemoryLedger, open_ledger
 from chio_budget.money import MonetaryAmount
-from conftest import guard_for, make_meta, rust_policy
-from ledger_fixtures import FakeClock, Faulty, Store, clock, store  # noqa: F401
+from support.backends import Faulty, Store
+from support.clock import FakeClock
+from support.guards import U64_MAX, guard_for, make_meta, rust_policy
 
-U64_MAX = 2**64 - 1
 TOTAL_ONLY = dict(max_per_session=None, max_per_agent=None, max_per_tool=None)
 
 

@@ -18,10 +18,10 @@ import pytest
 from chio_budget import BudgetGuard
 from chio_budget.errors import LedgerError
 from chio_budget.ledger import BACKENDS, Balance, MemoryLedger, open_ledger
-from conftest import guard_for, make_meta, rust_policy
-from ledger_fixtures import FakeClock, Store, clock, make_store, store  # noqa: F401
+from support.backends import Store, make_store
+from support.clock import FakeClock
+from support.guards import U64_MAX, guard_for, make_meta, rust_policy
 
-U64_MAX = 2**64 - 1
 A, B = "p//total/", "p//agent/a1"
 
 
