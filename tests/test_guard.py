@@ -7,6 +7,8 @@ import threading
 
 import pytest
 
+from chio_budget.decision import Decision
+from chio_budget.engines.function import FunctionEngine
 from chio_budget.errors import LedgerError, PolicyError
 from chio_budget.guard import BudgetGuard, Evaluation
 from chio_budget.ledger import MemoryLedger, open_ledger
@@ -202,18 +204,9 @@ def test_counter_keys_are_only_the_counters_a_limit_reads():
 
 def test_fresh_agent_and_session_ids_keep_no_counters_without_such_limits():
     """20,000 calls, each with a new agent and session id: the memory ledger keeps O(1) counters."""
-    class AllowAll:
-        name = "allow-all"
-
-        def decide(self, input):
-            from chio_budget import Decision
-            return Decision(allow=True, policy_id=input["policy_id"])
-
-        def close(self):
-            pass
-
     ledger = MemoryLedger()
-    g = BudgetGuard(rust_policy(max_per_session=None, max_per_agent=None), AllowAll(), ledger)
+    allow_all = FunctionEngine(lambda input: Decision(allow=True, policy_id=input["policy_id"]))
+    g = BudgetGuard(rust_policy(max_per_session=None, max_per_agent=None), allow_all, ledger)
     for i in range(10_000):
         meta = make_meta(f"agent-{i}", tool="expensive" if i % 2 else "t1", receipt=f"r{i}", session=f"sess-{i}")
         g.record(meta, 1)
@@ -340,3 +333,18 @@ def test_deny_path_release_failing_is_still_a_deny(store: Store):
     assert g.orphan_cleanup_failures == 1
     ledger.release_fails = False
     assert g.ledger.release("r1").outcome == "released"
+
+
+def test_tracking_another_policy_keeps_its_counters_without_changing_decisions():
+    enforced = rust_policy(**TOTAL_ONLY)
+    shadow = rust_policy(id="next", max_per_session=100, max_per_agent=200, max_per_tool={"s1:x": 5})
+    g = guard_for(enforced, track=[shadow])
+    assert g.counter_keys(make_meta(tool="x")) == {
+        "total": "default//total/", "session": "default//session/sess-1", "agent": "default//agent/a1",
+        "tool": "default//tool/s1:x"}
+    assert set(g.counter_keys(make_meta(tool="t1", session=None))) == {"total", "agent"}
+    g.track(shadow)  # tracking twice is tracking once
+    assert g.tracked == (shadow,)
+    assert g.authorize(make_meta(receipt="r1"), 300).allow, "no limit of the tracked policy applies here"
+    e = g.evaluate(make_meta(receipt="r2"), 1)
+    assert e.input["totals"] == {"total": 300, "session": 300, "agent": 300, "tool": None}
