@@ -172,25 +172,37 @@ def push(policies: Path = typer.Argument(Path("policies"), help="policy director
          rego: Optional[Path] = typer.Argument(None, help="Rego directory (default: the one shipped in the package)"),
          opa_url: Optional[str] = OPA_URL,
          token: Optional[str] = typer.Option(None, "--token", envvar="CHIO_OPA_TOKEN", help="bearer token"),
+         insecure: bool = typer.Option(False, "--insecure", help="allow credentials over plain http:// (warns)"),
          timeout: float = typer.Option(5.0, "--timeout", help="seconds per request")) -> None:
-    """PUT the compiled data and the Rego into a running OPA, then confirm the revision it serves."""
-    from .bundle import bundle_contents, push as push_to
-    from .engines.server import make_client
+    """PUT the compiled data and the Rego into a running OPA, then confirm the revision it serves.
+
+    Credentials (``--token`` or ``user:pass@`` in the URL) are refused over
+    plain ``http://``, where anyone on the path could read them, unless
+    ``--insecure`` is given (then a warning is printed).
+    """
+    from .bundle import bundle_contents
+    from .engines.opa_http import cleartext_credentials, make_client, push as push_to, redact
 
     if not opa_url:
         _fail("--opa-url (or CHIO_OPA_URL) is required")
+    shown = redact(opa_url)
+    if cleartext_credentials(opa_url, token):
+        if not insecure:
+            _fail(f"--opa-url {shown}: credentials over plain http:// would travel unencrypted; "
+                  "use https:// or pass --insecure")
+        typer.echo(f"warning: sending credentials to {shown} over plain http:// (--insecure)", err=True)
     try:
         contents = bundle_contents(policies, rego)
         client = make_client(opa_url, token=token, timeout=timeout)
     except ChioBudgetError as exc:
         _fail(str(exc))  # bad input: exit 2
     try:
-        revision = push_to(client, contents)
+        revision = push_to(client, contents.compiled, contents.modules)
     except ChioBudgetError as exc:
-        _fail(f"{opa_url}: {exc}", 1)  # the server refused or failed
+        _fail(f"{shown}: {exc}", 1)  # the server refused or failed
     finally:
         client.close_connection()
-    typer.echo(f"pushed to {opa_url}: revision {revision}")
+    typer.echo(f"pushed to {shown}: revision {revision}")
 
 
 @app.command()

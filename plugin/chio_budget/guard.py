@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from .compiler import data_document
+from .compiler import compile_all
 from .cost import CostMetadata
 from .decision import Decision
 from .engines import Engine, make_engine
@@ -144,7 +144,7 @@ class BudgetGuard:
         if policy_id not in policies:
             raise PolicyError(f"{policies_dir}:1: policy_id: no policy {policy_id!r} (have: {', '.join(sorted(policies))})")
         ttl = options.pop("reservation_ttl", None)
-        eng = engine if not isinstance(engine, str) else make_engine(engine, data_document(policies), rego_dir, **options)
+        eng = engine if not isinstance(engine, str) else make_engine(engine, compile_all(policies), rego_dir, **options)
         return cls(policies[policy_id], eng, ledger, reservation_ttl=ttl)
 
     def __enter__(self) -> "BudgetGuard":
