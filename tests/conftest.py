@@ -10,8 +10,4 @@ import pytest
 
 pytest.register_assert_rewrite("support")  # asserts in helpers report like asserts in tests
 
-pytest_plugins = ["support.backends", "support.clock", "support.guards"]
-
-# Transitional: files the opa-http branch also edits still import these from here;
-# they move to ``support.guards`` once that branch is merged (no merge conflict meanwhile).
-from support.guards import REGO_DIR, make_meta, rust_policy  # noqa: E402,F401
+pytest_plugins = ["support.backends", "support.clock", "support.guards", "support.opa"]

@@ -15,7 +15,7 @@ from chio_budget.chain import GuardChain
 from chio_budget.chain_guard import BudgetChainGuard
 from chio_budget.decisionlog import DecisionLog
 from chio_budget.engines.function import FunctionEngine
-from chio_budget.kernel import Guard, GuardContext, GuardDecision, SettlingGuard
+from chio_budget.kernel import Guard, GuardContext, SettlingGuard
 from chio_budget.ledger import MemoryLedger
 from chio_budget.metrics import BudgetMetrics
 from support.backends import Faulty, Store

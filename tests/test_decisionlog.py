@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from typer.testing import CliRunner
 
-from chio_budget.chain import GuardChain
 from chio_budget.cli import app
 from chio_budget.decisionlog import DecisionLog, explain, find_decision, read_events
 from chio_budget.errors import DecisionLogError
 from chio_budget.engines.function import FunctionEngine
 from chio_budget.shadow import ShadowPolicy
-from support.chain import AllowAll, budget, ctx
+from support.chain import budget, ctx
 from support.guards import U64_MAX, guard_for, make_meta, rust_policy
 
 OPA_FIELDS = {"decision_id", "timestamp", "path", "input", "result", "bundles", "metrics", "labels"}

@@ -9,7 +9,7 @@ import pytest
 
 from chio_budget.decision import Decision
 from chio_budget.engines.function import FunctionEngine
-from chio_budget.errors import LedgerError, PolicyError
+from chio_budget.errors import AmountError, LedgerError, PolicyError
 from chio_budget.guard import BudgetGuard, Evaluation
 from chio_budget.ledger import MemoryLedger, open_ledger
 from chio_budget.money import MonetaryAmount
@@ -96,11 +96,11 @@ def test_commit_above_estimate_is_counted_in_full():
 def test_bad_cost_is_rejected_before_anything_is_recorded():
     g = guard_for(rust_policy())
     for bad in (-1, 1.5, True, 2**64):
-        with pytest.raises(ValueError):
+        with pytest.raises(AmountError):
             g.authorize(make_meta(), bad)
-        with pytest.raises(ValueError):
+        with pytest.raises(AmountError):
             g.record(make_meta(), bad)
-    with pytest.raises(ValueError, match="convert first"):
+    with pytest.raises(AmountError, match="convert first"):
         g.check(make_meta(), MonetaryAmount(units=1, currency="EUR"))
     assert g.total_spent() == 0 and g.ledger.open_reservations() == 0
 

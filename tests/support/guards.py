@@ -9,8 +9,6 @@ every guard it built when the test ends.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,12 +66,6 @@ def make_guard() -> Callable[..., BudgetGuard]:
     yield build
     for g in built:
         g.close()
-
-
-@pytest.fixture(scope="session")
-def opa_bin() -> str | None:
-    """A real ``opa`` binary (``OPA_BIN``, then PATH), or None."""
-    return os.environ.get("OPA_BIN") or shutil.which("opa")
 
 
 @pytest.fixture
