@@ -93,8 +93,8 @@ def test_revalidate_sees_the_hold_from_another_process_and_reserves_nothing(shar
     assert other.revalidate("never-seen") == HoldStatus("never-seen", False, "unknown")
 
 
-def test_revalidate_after_expiry_is_not_live(clock: FakeClock):
-    b = BudgetChainGuard(guard_for(rust_policy(**POLICY), ledger=MemoryLedger(clock=clock), reservation_ttl=30))
+def test_revalidate_after_expiry_is_not_live(store: Store, clock: FakeClock):
+    b = BudgetChainGuard(guard_for(rust_policy(**POLICY), ledger=store.open(clock=clock), reservation_ttl=30))
     b.evaluate(ctx("r1"))
     assert b.revalidate("r1").live
     clock.advance(31)
