@@ -23,13 +23,15 @@ PACKAGE = ROOT / "plugin" / "chio_budget"
 # ``engines`` a module may also import its own subpackage (checked for circles below).
 TIERS: list[set[str]] = [
     {"errors", "text"},
+    {"currencies", "yamlsafe", "watch"},
     {"money"},
-    {"policy", "cost", "decision", "kernel", "actual_cost", "rego_files", "metrics"},
-    {"compiler", "rust_model", "ledger"},
-    {"engines", "bundle", "decisionlog"},
+    {"policy", "cost", "decision", "kernel", "rates", "rego_files", "metrics"},
+    {"conversion", "compiler", "rust_model", "rates_file", "regotest", "ledger"},
+    {"actual_cost", "authorization", "engines", "bundle", "decisionlog"},
+    {"reload"},
     {"guard", "shadow", "chain", "wasm"},
     {"chain_guard"},
-    {"replay", "demo", "regotest"},
+    {"replay", "demo", "cli_rates"},
     {"cli", ""},  # "" is the package itself (its __init__)
 ]
 
@@ -41,6 +43,9 @@ ONE_HOME = {
     "redis": {"ledger.redis"},
     "sqlite3": {"ledger.sqlite", "ledger.sqlite_schema"},
     "prometheus_client": {"metrics"},
+    "babel": {"currencies"},
+    "watchfiles": {"watch"},
+    "typer": {"cli", "cli_rates"},
 }
 
 MAX_LINES = 400

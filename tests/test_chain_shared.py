@@ -55,10 +55,10 @@ def test_the_book_holds_what_settlement_needs(shared_store: Store):
     d = first.evaluate(ctx("r1"))
     book = first.guard.ledger.get("r1").book
     assert book == {
-        "policy_id": "default", "decision_id": d.evidence[0].details["decision_id"],
+        "policy_id": "default", "currency": "USD", "decision_id": d.evidence[0].details["decision_id"],
         "request": {"receipt_id": "r1", "timestamp": 1000, "agent_id": "a1", "session_id": "sess-1",
                     "tool_server": "s1", "tool_name": "search", "tool_key": "s1:search"},
-        "estimate": {"units": 5, "source": "policy price"},
+        "estimate": {"units": 5, "currency": "USD", "source": "policy price"},
         "keys": {"total": "default//total/", "agent": "default//agent/a1"},
         "identity": {"policy_id": "default", "agent_id": "a1", "session_id": "sess-1", "tool_key": "s1:search"},
     }

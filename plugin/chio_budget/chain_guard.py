@@ -9,38 +9,38 @@
   (``actual_cost.actual_units``; ``None``: the estimate) or releases the hold
   when the call failed or was cancelled; settling twice changes nothing.
   ``revalidate(request_id)``: is the hold still live (reserves nothing).
-- Decisions and settlements go to the decision log and the metrics; shadow
-  policies are judged beside the enforced one and only logged.
+- Decisions and settlements go to the decision log and the metrics; shadows
+  are judged beside the enforced policy and only logged.
 
-No per-call state lives in this object: what settlement needs (estimate and
-source, counter keys, policy, request, decision id) is the reservation's
-*book*, stored with it in the ledger. Any process sharing the ledger can
-settle or revalidate a call another one authorized; two settling at once
-count it once (the ledger decides).
+No per-call state lives here: what settlement needs (estimate and source,
+counter keys, policy, request, decision id) is the reservation's *book*, in
+the ledger with it, so any process sharing the ledger can settle or
+revalidate a call another one authorized (two settling at once count once).
 
-Fail closed throughout: no estimate, a malformed request, an engine or
-ledger error, an unwritable decision log - each is a deny (logged like any
-other), and a hold this evaluation placed is given back before denying.
+Fail closed: no estimate, a malformed request, an engine or ledger error, an
+unwritable decision log - each is a logged deny, and a hold this evaluation
+placed is given back first.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any, Mapping, Sequence
 
 from pydantic import ValidationError
 
-from .actual_cost import CostError, actual_units, check_rates, to_units
+from .actual_cost import CostError, actual_units
+from .authorization import Authorization, Cost
 from .cost import CostMetadata
 from .decision import Decision
 from .decisionlog import DecisionLog, DecisionLogError, new_decision_id
 from .errors import LedgerError
-from .guard import Authorization, BudgetGuard
+from .guard import BudgetGuard
 from .kernel import GuardContext, GuardDecision, GuardEvidence, InvocationStatus, Verdict
-from .ledger import Reservation, Settlement
+from .ledger import Reservation
 from .metrics import BudgetMetrics
+from .money import MonetaryAmount
 from .shadow import ShadowPolicy, run_shadows
 
 _CONTEXT_FIELD = {"receipt_id": "request_id", "tool_server": "server_id"}  # CostMetadata -> GuardContext names
@@ -93,7 +93,8 @@ class _Call:
     ctx: GuardContext
     decision_id: str = field(default_factory=new_decision_id)
     meta: CostMetadata | None = None
-    est: int | None = None
+    cost: Cost | None = None  # the estimate as found (in any currency)
+    est: int | None = None  # the estimate in policy-currency units (known once converted when foreign)
     source: str = "none"
     decision: Decision | None = None
     auth: Authorization | None = None
@@ -119,31 +120,25 @@ def _one_line(exc: ValidationError) -> str:
 class BudgetChainGuard:
     """A ``BudgetGuard`` behind the kernel's ``Guard`` protocol, with settlement.
 
-    ``rates`` maps a foreign currency to its rate into the policy currency
-    (``MonetaryAmount.convert`` semantics: policy-currency major units per
-    one major unit of the foreign one, exact: ``"151.37"`` or a Fraction).
-    ``allow_unpriced=True`` lets a call with no estimate through at 0
-    instead of denying it. Shadows' limits are tracked by the guard
-    (``BudgetGuard.track``), so each shadow sees the counters it reads.
-    The guard's ``event_hooks["cleanup_failed"]`` feed the metric of holds
-    that could not be given back.
+    Costs in another currency (an estimate, a grant's cap, the actual cost)
+    are converted by the guard with its rate oracle (``BudgetGuard(rates=...)``),
+    the estimate inside the decision, where a missing or stale rate is a deny.
+    ``allow_unpriced=True`` lets a call with no estimate through at 0 instead
+    of denying it. Shadows' limits are tracked by the guard (``track``); the
+    metrics follow the guard through its event hooks (``BudgetMetrics.follow``).
     """
 
     def __init__(self, guard: BudgetGuard, *, name: str = "budget", decision_log: DecisionLog | None = None,
-                 metrics: BudgetMetrics | None = None, shadows: Sequence[Any] = (),
-                 rates: Mapping[str, Fraction | str | int] | None = None, allow_unpriced: bool = False):
+                 metrics: BudgetMetrics | None = None, shadows: Sequence[Any] = (), allow_unpriced: bool = False):
         self.name = name
         self.guard = guard
         self.decision_log = decision_log
         self.metrics = metrics
         self.shadows = [s if isinstance(s, ShadowPolicy) else ShadowPolicy(s) for s in shadows]
-        self.rates = check_rates(rates or {})
         self.allow_unpriced = allow_unpriced
-        self._engine_name = getattr(guard.engine, "name", "engine")
         guard.track(*(s.policy for s in self.shadows))
-        guard.event_hooks.setdefault("cleanup_failed", []).append(self._cleanup_failed)
         if metrics is not None:
-            metrics.watch_open(guard.policy.id, guard.ledger.open_reservations)
+            metrics.follow(guard)
 
     @property
     def policy(self):
@@ -153,17 +148,20 @@ class BudgetChainGuard:
         """Reservations held in the guard's ledger (every process and policy sharing it)."""
         return self.guard.ledger.open_reservations()
 
-    def estimate(self, ctx: GuardContext) -> tuple[int, str]:
-        """``(units, source)`` in the policy currency; ``CostError`` when there is none."""
-        cur = self.policy.currency
+    def estimate(self, ctx: GuardContext) -> tuple[Cost, str]:
+        """``(cost, source)``: policy-currency units or an amount in any currency (the guard
+        converts it while deciding); ``CostError`` when there is none."""
+        def own(cost: Cost) -> Cost:
+            same = isinstance(cost, MonetaryAmount) and cost.currency == self.policy.currency
+            return cost.units if same else cost
+
         if ctx.cost_estimate is not None:
-            e = ctx.cost_estimate
-            return (e if isinstance(e, int) else to_units(e, cur, self.rates)), "context"
+            return own(ctx.cost_estimate), "context"
         price = self.policy.prices.get(ctx.tool_key)
         if price is not None:
-            return to_units(price, cur, self.rates), "policy price"
+            return own(price), "policy price"
         if ctx.grant is not None and ctx.grant.max_cost_per_invocation is not None:
-            return to_units(ctx.grant.max_cost_per_invocation, cur, self.rates), "grant max_cost_per_invocation"
+            return own(ctx.grant.max_cost_per_invocation), "grant max_cost_per_invocation"
         if self.allow_unpriced:
             return 0, "unpriced (allowed at 0)"
         raise CostError(f"no cost estimate for {ctx.tool_key}: none in the context, no policy price, "
@@ -193,28 +191,35 @@ class BudgetChainGuard:
         """The request as the ledger keys it, and its cost; a bad one is a deny decision."""
         try:
             call.meta = CostMetadata.model_validate(call.request)
-            call.est, call.source = self.estimate(call.ctx)
+            call.cost, call.source = self.estimate(call.ctx)
         except ValidationError as exc:
             call.decision = self._deny(_one_line(exc))
         except CostError as exc:
             call.decision = self._deny(str(exc))
+        call.est = call.cost if isinstance(call.cost, int) else None  # a foreign one: known once converted
 
     def _authorize(self, call: _Call) -> None:
         """Reserve (with the book) and ask OPA; any failure is a deny decision (still logged)."""
         if call.decision is not None:
             return
-        assert call.meta is not None and call.est is not None
+        assert call.meta is not None and call.cost is not None
         try:
-            call.auth = self.guard.authorize(call.meta, call.est, book=self._book(call))
-            call.decision = call.auth.decision
+            call.auth = self.guard.authorize(call.meta, call.cost, book=self._book(call))
         except Exception as exc:  # noqa: BLE001 - fail closed, and log it like any deny
             call.decision = self._deny(f"guard error: {type(exc).__name__}: {exc}")
+            return
+        call.decision = call.auth.decision
+        if call.auth.conversion is not None:  # a foreign estimate: what it was converted to
+            call.est = call.auth.conversion.input_units
 
     def _book(self, call: _Call) -> dict[str, Any]:
         """What settlement needs, stored with the reservation (``ledger.get(request_id).book``)."""
         assert call.meta is not None
-        return {"policy_id": self.policy.id, "decision_id": call.decision_id, "request": call.request,
-                "estimate": {"units": call.est, "source": call.source},
+        cur = self.policy.currency
+        units, given_in = (call.cost.units, call.cost.currency) if isinstance(call.cost, MonetaryAmount) else (
+            call.cost, cur)
+        return {"policy_id": self.policy.id, "currency": cur, "decision_id": call.decision_id,
+                "request": call.request, "estimate": {"units": units, "currency": given_in, "source": call.source},
                 "keys": self.guard.counter_keys(call.meta)}
 
     def _hold(self, call: _Call) -> None:
@@ -234,8 +239,9 @@ class BudgetChainGuard:
             decision_id=call.decision_id, input=self._input(call), result=decision.to_json_dict(),
             revision=decision.policy_revision, eval_ns=call.auth.eval_ns if call.auth else None,
             chio={"guard": self.name, "verdict": "allow" if decision.allow else "deny",
-                  "request_id": call.ctx.request_id, "engine": self._engine_name, "estimate_units": call.est,
-                  "currency": self.policy.currency, "estimate_source": call.source})
+                  "request_id": call.ctx.request_id, "engine": self.guard.engine.name, "estimate_units": call.est,
+                  "currency": self.policy.currency, "estimate_source": call.source,
+                  "rego_revision": call.auth.rego_revision if call.auth else self.guard.rego_revision})
         try:
             self.decision_log.write(event)
         except DecisionLogError as exc:
@@ -259,7 +265,7 @@ class BudgetChainGuard:
         eval_ns = call.auth.eval_ns if call.auth else None
         if self.metrics:
             self.metrics.observe_decision(self.policy.id, decision, None if eval_ns is None else eval_ns / 1e9,
-                                          self._engine_name)
+                                          self.guard.engine.name)
         opa_input = self._input(call)
         if self.shadows and opa_input.get("totals") is not None:
             run_shadows(self.shadows, opa_input, decision, decision_id=call.decision_id,
@@ -285,10 +291,6 @@ class BudgetChainGuard:
         """Release the hold if this evaluation created it (a retry's earlier hold stays); never raises."""
         if call.auth is not None and call.auth.allow:
             call.auth.give_back()
-
-    def _cleanup_failed(self, receipt_id: str, exc: Exception) -> None:
-        if self.metrics:
-            self.metrics.cleanup_failures.labels(self.policy.id).inc()
 
     # -- settlement ---------------------------------------------------------
 
@@ -321,22 +323,24 @@ class BudgetChainGuard:
         and flagged ``over_estimate``. Past the TTL, a completed call's spend is
         posted anyway, once (``committed_late``).
         """
-        cur = self.policy.currency
         try:
             r, book = self._find(request_id)
         except LedgerError as exc:
-            return SettlementResult(request_id, "error", cur, source="ledger", error=f"ledger error: {exc}")
+            return SettlementResult(request_id, "error", self.policy.currency, source="ledger",
+                                    error=f"ledger error: {exc}")
         if r is None or book is None:
-            return SettlementResult(request_id, "unknown", cur, source="no hold for this request")
+            return SettlementResult(request_id, "unknown", self.policy.currency, source="no hold for this request")
         if r.state in ("committed", "released"):
             return self._already(r, book)
-        actual, source, error = self._read_actual(result, status)
+        cur, conversions = book["currency"], []
+        actual, source, error = self._read_actual(result, status, book, conversions)
+        ledger = self.guard.ledger  # past the TTL a commit posts once: committed_late
         try:
-            s = self._apply(request_id, status, actual)
+            s = ledger.release(request_id) if status in ("failed", "cancelled") else ledger.commit(request_id, actual)
         except LedgerError as exc:
             res = SettlementResult(request_id, "error", cur, r.amount, actual, None, False, "ledger",
                                    f"ledger error: {exc}", book.get("decision_id"))
-            self._emit_settlement(res, book)
+            self._emit_settlement(res, book, conversions)
             return res
         if s.outcome.startswith("already_"):  # another process settled it between our read and now
             return self._already(self.guard.ledger.get(request_id) or r, book)
@@ -346,33 +350,33 @@ class BudgetChainGuard:
                                book.get("decision_id"))
         if self.metrics:
             self.metrics.observe_settlement(self.policy.id, s.outcome, cur, committed, book.get("request"), over)
-        self._emit_settlement(res, book)
+        self._emit_settlement(res, book, conversions)
         return res
 
     def _already(self, r: Reservation, book: Mapping[str, Any]) -> SettlementResult:
         """The no-op answer for a settled call, with the numbers the ledger kept."""
         committed = r.settled_amount if r.state == "committed" else 0
-        return SettlementResult(r.receipt_id, "already_settled", self.policy.currency, r.amount, None, committed,
+        return SettlementResult(r.receipt_id, "already_settled", book["currency"], r.amount, None, committed,
                                 committed is not None and committed > r.amount, f"no-op (was {r.state})", None,
                                 book.get("decision_id"))
 
-    def _read_actual(self, result: Any, status: InvocationStatus) -> tuple[int | None, str, str | None]:
-        """``(actual units or None for the estimate, source, error)``; never raises."""
+    def _read_actual(self, result: Any, status: InvocationStatus, book: Mapping[str, Any],
+                     facts: list[dict[str, Any]]) -> tuple[int | None, str, str | None]:
+        """``(actual units or None for the estimate, source, error)``; never raises.
+
+        Foreign amounts are converted into the currency the call was authorized
+        in, at the request's timestamp, with this guard's rate oracle."""
         if status in ("failed", "cancelled"):
             return None, f"call {status}", None
         try:
-            actual, source = actual_units(result, self.policy.currency, self.rates)
+            actual, source = actual_units(result, book["currency"], self.guard.rates, book["request"]["timestamp"],
+                                          facts)
         except CostError as exc:
             return None, "estimate (actual unreadable)", f"{exc}; estimate committed"
         return actual, source, None
 
-    def _apply(self, request_id: str, status: InvocationStatus, actual: int | None) -> Settlement:
-        """Release or commit in the ledger (past the TTL a commit posts once: ``committed_late``)."""
-        if status in ("failed", "cancelled"):
-            return self.guard.ledger.release(request_id)
-        return self.guard.ledger.commit(request_id, actual)
-
-    def _emit_settlement(self, r: SettlementResult, book: Mapping[str, Any]) -> None:
+    def _emit_settlement(self, r: SettlementResult, book: Mapping[str, Any],
+                         conversions: Sequence[dict[str, Any]] = ()) -> None:
         if self.decision_log is None:
             return
         try:
@@ -380,7 +384,8 @@ class BudgetChainGuard:
                 decision_id=r.decision_id, request_id=r.request_id, policy_id=self.policy.id, outcome=r.outcome,
                 currency=r.currency, estimate_units=r.estimate_units, actual_units=r.actual_units,
                 committed_units=r.committed_units, over_estimate=r.over_estimate, source=r.source, error=r.error,
-                extra={"guard": self.name, "request": book.get("request")}))
+                extra={"guard": self.name, "request": book.get("request"),
+                       **({"conversions": list(conversions)} if conversions else {})}))
         except DecisionLogError:
             # The money already moved; failing the settlement now would only lose
             # the result. Counted so an operator sees the gap.

@@ -27,6 +27,10 @@ Metric names (namespace ``chio_budget``):
   ``chio_budget_over_estimate_total{policy_id}``.
 - ``chio_budget_shadow_disagreements_total{policy_id,shadow_policy_id}``.
 - ``chio_budget_decision_log_errors_total``.
+- ``chio_budget_policy_revision_info{policy_id,policy_revision,rego_revision}``
+  - 1 for the version in force (one series per policy: a reload replaces it),
+  with ``chio_budget_policy_loaded_timestamp_seconds{policy_id}`` and
+  ``chio_budget_reloads_total{policy_id,outcome}`` (``ok`` | ``failed``).
 - ``chio_budget_label_values_folded_total{label}`` - observations whose
   label value was folded into ``other`` because the cap was reached.
 
@@ -129,6 +133,14 @@ class BudgetMetrics:
                                             ["policy_id", "shadow_policy_id"], namespace=ns, registry=r)
         self.log_errors = Counter("decision_log_errors", "Decision-log writes that failed",
                                   namespace=ns, registry=r)
+        self.policy_info = Gauge("policy_revision_info", "The policy version in force (value 1)",
+                                 ["policy_id", "policy_revision", "rego_revision"], namespace=ns, registry=r)
+        self.policy_loaded = Gauge("policy_loaded_timestamp_seconds", "When the version in force was loaded",
+                                   ["policy_id"], namespace=ns, registry=r)
+        self.reloads = Counter("reloads", "Policy reloads by outcome", ["policy_id", "outcome"],
+                               namespace=ns, registry=r)
+        self._in_force: dict[str, tuple[str, str]] = {}
+        self._info_lock = threading.Lock()
 
     # -- recording (called by the chain guard) ------------------------------
 
@@ -147,6 +159,25 @@ class BudgetMetrics:
         if eval_seconds is not None:
             self.eval_seconds.labels(policy_id, engine).observe(eval_seconds)
 
+    def follow(self, guard: Any) -> None:
+        """Watch a ``BudgetGuard`` through its event hooks, never by wrapping it.
+
+        ``reservations_open`` reads its ledger at scrape time; each failed
+        orphan cleanup (``cleanup_failed``) counts in ``orphan_cleanup_failures``;
+        the policy version in force is set now and after every reload
+        (``reloaded``), and reloads are counted by outcome (``reload_failed``).
+        """
+        pid = guard.policy.id
+        self.watch_open(pid, guard.ledger.open_reservations)
+        guard.event_hooks["cleanup_failed"].append(lambda _rid, _exc: self.cleanup_failures.labels(pid).inc())
+        self.set_policy(pid, guard.policy_revision, guard.rego_revision, guard.loaded_at)
+        guard.event_hooks["reloaded"].append(self._reloaded)
+        guard.event_hooks["reload_failed"].append(lambda g, _exc: self.observe_reload(g.policy.id, False))
+
+    def _reloaded(self, guard: Any) -> None:
+        self.set_policy(guard.policy.id, guard.policy_revision, guard.rego_revision, guard.loaded_at)
+        self.observe_reload(guard.policy.id, True)
+
     def watch_open(self, policy_id: str, count: Callable[[], int]) -> None:
         """``reservations_open{policy_id}`` is ``count()`` at scrape time (nothing per call).
 
@@ -160,6 +191,21 @@ class BudgetMetrics:
                 return math.nan
 
         self.reservations_open.labels(policy_id).set_function(read)
+
+    def set_policy(self, policy_id: str, policy_revision: str | None, rego_revision: str | None,
+                   loaded_at: float) -> None:
+        """The version in force for ``policy_id``: its info series replaces the previous one."""
+        labels = (policy_revision or "", rego_revision or "")
+        with self._info_lock:
+            old = self._in_force.get(policy_id)
+            if old is not None and old != labels:
+                self.policy_info.remove(policy_id, *old)
+            self._in_force[policy_id] = labels
+            self.policy_info.labels(policy_id, *labels).set(1)
+        self.policy_loaded.labels(policy_id).set(loaded_at)
+
+    def observe_reload(self, policy_id: str, ok: bool) -> None:
+        self.reloads.labels(policy_id, "ok" if ok else "failed").inc()
 
     def observe_settlement(self, policy_id: str, outcome: str, currency: str, committed: int,
                            request: dict[str, Any] | None, over_estimate: bool) -> None:
