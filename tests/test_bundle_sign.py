@@ -153,7 +153,7 @@ def _tar_files(path) -> dict[str, bytes]:
 
 
 def test_cli_signs_the_bundle_it_writes(rsa_key, tmp_path):
-    from conftest import REGO_DIR, ROOT
+    from support.guards import REGO_DIR, ROOT
 
     key = tmp_path / "key.pem"
     key.write_text(pem(rsa_key))
@@ -194,8 +194,8 @@ def test_real_opa_loads_the_signed_bundle_with_its_key(opa_bin, rsa_key, tmp_pat
     if not opa_bin:
         pytest.skip("no opa binary (OPA_BIN unset, none on PATH): verified above by an independent implementation")
     from chio_budget.bundle import write_bundle
-    from conftest import REGO_DIR, ROOT
-    from opa_fixtures import start_opa
+    from support.guards import REGO_DIR, ROOT
+    from support.opa import start_opa
 
     key, pub, out = tmp_path / "key.pem", tmp_path / "pub.pem", tmp_path / "b.tar.gz"
     key.write_text(pem(rsa_key))

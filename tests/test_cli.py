@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from chio_budget.cli import app
-from conftest import ROOT, U64_MAX
+from support.guards import ROOT, U64_MAX
 
 runner = CliRunner()
 META = {"receipt_id": "r1", "timestamp": 1000, "session_id": "sess-1", "agent_id": "a1",

@@ -14,7 +14,8 @@ import requests
 
 from chio_budget.bundle import bundle_contents
 from chio_budget.engines.opa_http import make_client, push
-from opa_fixtures import POLICIES_DIR, opa_server, opa_server_blank, start_opa  # noqa: F401 (fixtures)
+from support.guards import POLICIES_DIR
+from support.opa import start_opa
 
 TIMEOUT = 5
 # A bundle plugin that never activates: its service is a closed port.

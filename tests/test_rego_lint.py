@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import regal_rules
-from conftest import REGO_DIR, ROOT
+from support.guards import REGO_DIR, ROOT
 
 
 def lint_source(tmp_path: Path, *sources: str, config: str = "") -> list[str]:

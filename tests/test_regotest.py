@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from chio_budget.cli import app
 from chio_budget.regotest import run as run_summary
 from chio_budget.regotest_report import go_duration
-from conftest import REGO_DIR
+from support.guards import REGO_DIR
 
 runner = CliRunner()
 DURATION = r"\((?:\d+(?:\.\d+)?(?:ns|µs|ms|s)|0s)\)"
