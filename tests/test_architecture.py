@@ -23,15 +23,15 @@ PACKAGE = ROOT / "plugin" / "chio_budget"
 # ``engines`` a module may also import its own subpackage (checked for circles below).
 TIERS: list[set[str]] = [
     {"errors", "text"},
-    {"currencies", "yamlsafe", "watch"},
+    {"currencies", "yamlsafe", "watch", "rego_source", "rego_metadata"},
     {"money"},
-    {"policy", "cost", "decision", "kernel", "rates", "rego_files", "metrics"},
-    {"conversion", "compiler", "rust_model", "rates_file", "regotest", "ledger"},
-    {"actual_cost", "authorization", "engines", "bundle", "decisionlog"},
-    {"reload"},
+    {"policy", "cost", "decision", "kernel", "rates", "rego_files", "metrics", "regotest_load", "bundle_sign"},
+    {"conversion", "compiler", "rust_model", "rates_file", "regotest_plan", "ledger"},
+    {"actual_cost", "authorization", "engines", "bundle", "decisionlog", "regotest"},
+    {"reload", "regotest_report"},
     {"guard", "shadow", "chain", "wasm"},
     {"chain_guard"},
-    {"replay", "demo", "cli_rates"},
+    {"replay", "demo", "cli_rates", "cli_regotest", "cli_bundle"},
     {"cli", ""},  # "" is the package itself (its __init__)
 ]
 
@@ -39,13 +39,13 @@ TIERS: list[set[str]] = [
 ONE_HOME = {
     "opa_client": {"engines.opa_http"},
     "requests": {"engines.opa_http"},
-    "opa_bindings": {"engines.embedded", "regotest"},
+    "opa_bindings": {"engines.embedded", "engines.mask", "regotest", "regotest_load"},
     "redis": {"ledger.redis"},
     "sqlite3": {"ledger.sqlite", "ledger.sqlite_schema"},
     "prometheus_client": {"metrics"},
     "babel": {"currencies"},
     "watchfiles": {"watch"},
-    "typer": {"cli", "cli_rates"},
+    "typer": {"cli", "cli_rates", "cli_regotest", "cli_bundle"},
 }
 
 MAX_LINES = 400

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from chio_budget.errors import DecisionLogError
-from chio_budget.logmask import LogMask, MaskRule, rules_of
+from chio_budget.engines.mask import LogMask, MaskRule, rules_of
 
 EVENT = {
     "labels": {"id": "i", "version": "v"}, "decision_id": "d1", "timestamp": "2026-01-01T00:00:00Z",

@@ -244,7 +244,7 @@ def explain(decision_id: str = typer.Argument(..., help="decision_id from a deci
 from .cli_regotest import register as register_test_rego  # noqa: E402  (test-rego: the `opa test` stand-in)
 register_test_rego(app)
 from .cli_bundle import register as register_bundle  # noqa: E402  (bundle: build, sign, verify)
-register_bundle(app)
+register_bundle(app, RATES, lambda rates: _currencies(_rates(rates)))
 cli_rates.register(app)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -20,11 +20,10 @@ does not verify, 2 bad input (a key that cannot be read, no bundle).
 
 
 def run(policies: Path, rego: Optional[Path], output: Path, signing_key: Optional[str], signing_alg: str,
-        verify: bool, verification_key: Optional[str], rates: Optional[Path]) -> None:
+        verify: bool, verification_key: Optional[str], currencies: Callable[[], Any]) -> None:
     """Build (and sign) the bundle, or verify the one at ``output``."""
     from .bundle import read_bundle_files, write_bundle
     from .bundle_sign import ALGORITHMS, BundleSignatureError, verify as verify_bundle
-    from .cli import _currencies, _rates
 
     if signing_alg not in ALGORITHMS:
         _fail(f"--signing-alg {signing_alg}: unknown signature algorithm (one of {', '.join(ALGORITHMS)})")
@@ -43,7 +42,7 @@ def run(policies: Path, rego: Optional[Path], output: Path, signing_key: Optiona
         return
     try:
         contents = write_bundle(policies, rego, output, signing_key=signing_key, signing_alg=signing_alg,
-                                currencies=_currencies(_rates(rates)))
+                                currencies=currencies())
     except ChioBudgetError as exc:
         _fail(str(exc))
     signed = f", signed with {signing_alg}" if signing_key else ""
@@ -56,9 +55,8 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``bundle`` to ``app`` (called from ``cli`` once its shared options exist)."""
-    from .cli import RATES
+def register(app: typer.Typer, rates_option: Any, currencies_of: Callable[[Optional[Path]], Any]) -> None:
+    """Add ``bundle`` to ``app`` with ``cli``'s ``--rates`` option and its way to read currencies from it."""
 
     @app.command("bundle", help=HELP)
     def bundle(policies: Path = typer.Argument(Path("policies"), help="policy directory"),
@@ -69,5 +67,5 @@ def register(app: typer.Typer) -> None:
                verify: bool = typer.Option(False, "--verify", help="verify the bundle at -o instead of building"),
                verification_key: Optional[str] = typer.Option(None, "--verification-key",
                                                               help="public key, certificate or HMAC secret"),
-               rates: Optional[Path] = RATES) -> None:
-        run(policies, rego, output, signing_key, signing_alg, verify, verification_key, rates)
+               rates: Optional[Path] = rates_option) -> None:
+        run(policies, rego, output, signing_key, signing_alg, verify, verification_key, lambda: currencies_of(rates))

@@ -36,8 +36,8 @@ from urllib.parse import quote, unquote
 
 from opa_bindings import OpaEngine, OpaError, OpaUndefinedError
 
-from .errors import DecisionLogError
-from .rego_files import rego_modules
+from ..errors import DecisionLogError
+from ..rego_files import rego_modules
 
 DEFAULT_DECISION = "system/log/mask"
 PARTS = ("input", "result", "nd_builtin_cache")
