@@ -72,6 +72,10 @@ class OpaState:
         self._prepared: set[str] = set()
         self._scratch = OpaEngine()
         self._engine = build({}, {})
+        # Queries in flight per engine: a swap closes the old engine only when its last query is
+        # done, as OPA's MVCC store lets a read transaction finish on the snapshot it began with.
+        self._inflight: dict[int, int] = {}
+        self._retired: dict[int, OpaEngine] = {}
         self.ready, self.decision_logs = ready, decision_logs
 
     # -- bundles ---------------------------------------------------------------
@@ -114,10 +118,13 @@ class OpaState:
 
     def health_policy(self, sub: str) -> str | None:
         query = _ref(["system", "health", *path_parts(sub)])
+        engine = self._acquire()
         try:
-            rs = self._engine.eval_query(f"__h := {query}", {"plugin_state": {}, "plugins_ready": self.ready})
+            rs = engine.eval_query(f"__h := {query}", {"plugin_state": {}, "plugins_ready": self.ready})
         except OpaError as exc:
             return exc.message
+        finally:
+            self._release(engine)
         if not rs:
             return f"health check ({query}) was undefined"
         return None if rs[0]["__h"] is True else f"health check ({query}) returned unexpected value"
@@ -176,7 +183,26 @@ class OpaState:
         old, self._engine = self._engine, engine
         self._policies, self._data = policies, data
         self._prepared.clear()
-        old.close()
+        if self._inflight.get(id(old)):
+            self._retired[id(old)] = old
+        else:
+            old.close()
+
+    def _acquire(self) -> OpaEngine:
+        """The engine in force, counted in until ``_release`` (call under ``_lock`` or alone)."""
+        with self._lock:
+            engine = self._engine
+            self._inflight[id(engine)] = self._inflight.get(id(engine), 0) + 1
+            return engine
+
+    def _release(self, engine: OpaEngine) -> None:
+        with self._lock:
+            self._inflight[id(engine)] -= 1
+            if not self._inflight[id(engine)]:
+                del self._inflight[id(engine)]
+                retired = self._retired.pop(id(engine), None)
+                if retired is not None:
+                    retired.close()
 
     # -- data --------------------------------------------------------------------
 
@@ -241,7 +267,7 @@ class OpaState:
         parse_ns = time.perf_counter_ns() - start
         query = _ref(path_parts(sub))
         with self._lock:
-            engine, policies, data = self._engine, self._policies, self._data
+            engine, policies, data = self._acquire(), self._policies, self._data
             cached = f"{method}:{query}" in self._prepared
             self._prepared.add(f"{method}:{query}")
         eval_start = time.perf_counter_ns()
@@ -249,6 +275,8 @@ class OpaState:
             rs = engine.eval_query(f"__x := {query}", input)
         except OpaError as exc:
             raise eval_error(exc, policies, data, f"__x := {query}", input) from None
+        finally:
+            self._release(engine)
         eval_ns = time.perf_counter_ns() - eval_start
         return self._response(rs, params, cached, missing_input,
                               {"parse": parse_ns, "eval": eval_ns, "start": start})
