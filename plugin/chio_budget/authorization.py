@@ -36,13 +36,16 @@ class _Issuer(Protocol):
 class Evaluation:
     """A decision with what produced it: the exact OPA ``input``, the wall time of
     ``engine.decide`` in ns (``input``/``eval_ns`` are None when OPA was not asked),
-    the conversion of a foreign cost, and the Rego revision it ran on."""
+    the conversion of a foreign cost, the Rego revision it ran on, and OPA's own
+    evaluation time where the engine reports one (``opa_eval_ns``: an OPA server's
+    ``timer_rego_query_eval_ns``; None for the embedded engine, which has none)."""
 
     decision: Decision
     input: dict[str, Any] | None = None
     eval_ns: int | None = None
     conversion: Conversion | None = None
     rego_revision: str | None = None
+    opa_eval_ns: int | None = None
 
 
 @dataclass
@@ -78,6 +81,8 @@ class Authorization:
     """The rate oracle in force when it was authorized (a foreign actual cost is converted with it)."""
     currency: str = ""
     """The policy currency it was authorized in."""
+    opa_eval_ns: int | None = None
+    """OPA's own evaluation time, where the engine reports one (see ``Evaluation``)."""
 
     @property
     def allow(self) -> bool:

@@ -233,11 +233,12 @@ class BudgetChainGuard:
         """Write the decision event; a failed write gives the hold back and is the deny returned."""
         if self.decision_log is None:
             return None
-        decision = call.decision
+        decision, auth = call.decision, call.auth
         assert decision is not None
         event = self.decision_log.decision_event(
             decision_id=call.decision_id, input=self._input(call), result=decision.to_json_dict(),
-            revision=decision.policy_revision, eval_ns=call.auth.eval_ns if call.auth else None,
+            revision=self.guard.data_revision, client_wall_ns=auth and auth.eval_ns,
+            eval_ns=auth and (auth.eval_ns if auth.opa_eval_ns is None else auth.opa_eval_ns),
             chio={"guard": self.name, "verdict": "allow" if decision.allow else "deny",
                   "request_id": call.ctx.request_id, "engine": self.guard.engine.name, "estimate_units": call.est,
                   "currency": self.policy.currency, "estimate_source": call.source,
@@ -381,11 +382,11 @@ class BudgetChainGuard:
             return
         try:
             self.decision_log.write(self.decision_log.settlement_event(
-                decision_id=r.decision_id, request_id=r.request_id, policy_id=self.policy.id, outcome=r.outcome,
-                currency=r.currency, estimate_units=r.estimate_units, actual_units=r.actual_units,
+                parent_decision_id=r.decision_id, request_id=r.request_id, policy_id=self.policy.id,
+                outcome=r.outcome, currency=r.currency, estimate_units=r.estimate_units, actual_units=r.actual_units,
                 committed_units=r.committed_units, over_estimate=r.over_estimate, source=r.source, error=r.error,
-                extra={"guard": self.name, "request": book.get("request"),
-                       **({"conversions": list(conversions)} if conversions else {})}))
+                request=book.get("request"),
+                extra={"guard": self.name, **({"conversions": list(conversions)} if conversions else {})}))
         except DecisionLogError:
             # The money already moved; failing the settlement now would only lose
             # the result. Counted so an operator sees the gap.

@@ -227,7 +227,8 @@ def push(policies: Path = typer.Argument(Path("policies"), help="policy director
 
 
 @app.command()
-def explain(decision_id: str = typer.Argument(..., help="decision_id from a decision-log line"),
+def explain(decision_id: str = typer.Argument(
+                ..., help="decision_id of a decision, or of a settlement or shadow event (followed to its decision)"),
             log: Path = typer.Option(..., "--log", help="decision-log file (JSON lines)")) -> None:
     """Print a past decision readably: request, cost, counters, violations, shadow, settlement."""
     from .decisionlog import DecisionLogError, explain as render_explain, find_decision, read_events

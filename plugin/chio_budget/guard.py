@@ -152,6 +152,8 @@ class BudgetGuard:
         """Revision of the policy's compiled limits (what the decision's ``policy_revision`` says)."""
         return self._loaded.policy_revision
 
+    data_revision = property(lambda self: self._loaded.data_revision, doc="The bundle ``.manifest`` revision.")
+
     @property
     def rego_revision(self) -> str | None:
         """Revision of the loaded Rego (None for an engine given as an object)."""
@@ -266,8 +268,8 @@ class BudgetGuard:
                 conversion: Conversion | None = None) -> Evaluation:
         inp = self.build_input(meta, cost_units, totals, policy=s.policy, conversion=conversion)
         t0 = time.perf_counter_ns()
-        decision = s.engine.decide(inp)
-        return Evaluation(decision, inp, time.perf_counter_ns() - t0, conversion, s.rego_revision)
+        decision, opa_ns = s.decide(inp)
+        return Evaluation(decision, inp, time.perf_counter_ns() - t0, conversion, s.rego_revision, opa_ns)
 
     def decide(self, meta: CostMetadata, cost_units: int, totals: Mapping[str, int | None]) -> Evaluation:
         """Ask the engine in force, timing it; returns the decision with the input it was given."""
@@ -352,8 +354,8 @@ class BudgetGuard:
         rid = meta.receipt_id
 
         def auth(decision: Decision, amount: int, e: Evaluation | None = None, held: bool = False) -> Authorization:
-            return Authorization(decision, rid, amount, self, e and e.input, e and e.eval_ns, attempt, held,
-                                 conversion, s.rego_revision, meta.timestamp, None, s.rates, s.policy.currency)
+            return Authorization(decision, rid, amount, self, e and e.input, e and e.eval_ns, attempt, held, conversion,
+                                 s.rego_revision, meta.timestamp, None, s.rates, s.policy.currency, e and e.opa_eval_ns)
 
         try:
             r: Reservation = self.ledger.reserve(rid, list(keys.values()), cost, self.reservation_ttl,

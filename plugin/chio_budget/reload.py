@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 from .compiler import compile_all, revision_of
 from .currencies import DEFAULT_CURRENCIES
+from .decision import Decision
 from .engines import Engine, make_engine
 from .errors import ChioBudgetError, PolicyError
 from .policy import BudgetPolicy, load_policies
@@ -58,10 +59,21 @@ class Loaded:
     policy_revision: str | None = None
     rego_revision: str | None = None
     loaded_at: float = field(default_factory=time.time)
+    data_revision: str | None = None
+    """Revision of all the policies compiled together: the bundle ``.manifest`` revision."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _inflight: int = field(default=0, repr=False)
     _retired: bool = field(default=False, repr=False)
     _closed: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.data_revision is None:  # a guard built from one policy: the bundle of that policy alone
+            self.data_revision = compile_all({self.policy.id: self.policy}).revision
+
+    def decide(self, inp: dict[str, Any]) -> tuple[Decision, int | None]:
+        """The engine's decision, with OPA's own evaluation time where the engine reports one (else None)."""
+        measured = getattr(self.engine, "decide_measured", None)
+        return measured(inp) if measured is not None else (self.engine.decide(inp), None)
 
     def enter(self) -> bool:
         """Count a decision in; False once the engine is closed (read the guard's current one again)."""
@@ -145,7 +157,7 @@ class Source:
         policy, compiled = policies[self.policy_id], compile_all(policies)
         revision = compiled.revisions[self.policy_id]
         if engine is not None:
-            return Loaded(policy, engine, oracle, revision)
+            return Loaded(policy, engine, oracle, revision, data_revision=compiled.revision)
         modules = rego_modules(self.rego_dir)
         if self.verify_tests:
             verify_rego_tests(self.rego_dir)
@@ -158,7 +170,7 @@ class Source:
             if switching is not None:
                 switching({})
             raise
-        return Loaded(policy, engine, oracle, revision, rego_revision(modules))
+        return Loaded(policy, engine, oracle, revision, rego_revision(modules), data_revision=compiled.revision)
 
 
 def verify_rego_tests(rego_dir: str | Path | None) -> None:
