@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from .limits import compile_extras
 from .policy import BudgetPolicy, load_policies
 
 DATA_ROOT = ("chio", "budget")
@@ -38,6 +39,7 @@ def compile_policy(policy: BudgetPolicy) -> dict[str, Any]:
         doc["max_per_tool"] = {k: v.units for k, v in sorted(policy.max_per_tool.items())}
     if policy.prices:
         doc["prices"] = {k: v.units for k, v in sorted(policy.prices.items())}
+    doc.update(compile_extras(policy))  # windows, thresholds, per-call cap: only when used
     doc["revision"] = revision_of(doc)
     return doc
 
