@@ -91,7 +91,8 @@ CASES: list[DecisionCase] = [
                      {"scope": "custom", "code": "invalid_input", "message": m} for m in sorted([
                          "cost.currency must be a string", "cost.units must be an integer >= 0",
                          "request.agent_id must be a string", "request.tool_key must be a string",
-                         "totals.agent must be an integer >= 0", "totals.tool must be an integer >= 0",
+                         "totals.agent must be an integer >= 0",
+                         "totals.tool must be an integer >= 0 or null (no tool limit applies)",
                          "totals.total must be an integer >= 0"])]}),
     DecisionCase("currency_mismatch", data_document({_P.id: _P}),
                  engine_input(_P, _m(), 1, RustEnforcer(_P), currency="EUR"),

@@ -225,8 +225,8 @@ test_missing_totals_deny_as_invalid_input if {
 	d.allow == false
 	{v.message | some v in d.violations} == {
 		"totals.total must be an integer >= 0", "totals.agent must be an integer >= 0",
-		"totals.tool must be an integer >= 0",
-		"totals.session must be an integer >= 0 when request.session_id is set",
+		"totals.tool must be an integer >= 0 or null (no tool limit applies)",
+		"totals.session must be an integer >= 0",
 	}
 }
 
