@@ -29,6 +29,7 @@ class DecisionCase:
 
 def engine_input(policy: BudgetPolicy, meta: CostMetadata, cost: int, model: RustEnforcer,
                  currency: str | None = None) -> dict[str, Any]:
+    """The input the guard builds: ``null`` for a scope no limit reads (the guard keeps no counter there)."""
     key = f"{meta.tool_server}:{meta.tool_name}"
     return {
         "policy_id": policy.id,
@@ -36,9 +37,10 @@ def engine_input(policy: BudgetPolicy, meta: CostMetadata, cost: int, model: Rus
         "cost": {"units": cost, "currency": currency or policy.currency},
         "totals": {
             "total": model.total_spent,
-            "session": model.session_spent.get(meta.session_id, 0) if meta.session_id is not None else None,
-            "agent": model.agent_spent.get(meta.agent_id, 0),
-            "tool": model.tool_spent.get(key, 0),
+            "session": (model.session_spent.get(meta.session_id, 0)
+                        if meta.session_id is not None and policy.max_per_session is not None else None),
+            "agent": model.agent_spent.get(meta.agent_id, 0) if policy.max_per_agent is not None else None,
+            "tool": model.tool_spent.get(key, 0) if key in policy.max_per_tool else None,
         },
     }
 

@@ -181,9 +181,10 @@ _input_ok if {
 	}
 }
 
-# The guard keeps only the counters some limit reads and sends null for a
+# The guard keeps only the counters some limit reads, and sends null for a
 # scope without one. A number is always fine; null only where no limit of
-# the policy applies (a missing or malformed number under a limit denies).
+# the policy reads that scope (a missing or malformed number under a limit
+# still denies).
 _counter_ok(scope) if _is_units(input.totals[scope])
 
 # Without a session there is no session counter: whatever is sent is unread.
@@ -194,12 +195,7 @@ _counter_ok(scope) if {
 	input.totals[scope] == null
 }
 
-# Whether the policy has a limit for this scope that reads this request's
-# counter (as _limit, but asking only the policy and the ids that pick it).
-_limited("session") if {
-	_policy.max_per_session
-	object.get(input, ["request", "session_id"], null) != null
-}
+_limited("session") if _policy.max_per_session
 
 _limited("agent") if _policy.max_per_agent
 
@@ -219,25 +215,35 @@ _input_problems contains "cost.units must be an integer >= 0" if not _is_units(o
 
 _input_problems contains "cost.currency must be a string" if not is_string(object.get(input, ["cost", "currency"], null))
 
-_input_problems contains sprintf("request.%s must be a string", [name]) if {
-	some name in ["agent_id", "tool_key"]
-	not is_string(object.get(input, ["request", name], null))
-}
-
 _input_problems contains "totals.total must be an integer >= 0" if {
 	not _is_units(object.get(input, ["totals", "total"], null))
 }
 
 _input_problems contains sprintf("totals.%s must be an integer >= 0", [scope]) if {
-	some scope in ["session", "agent", "tool"]
+	some scope in ["agent", "tool"]
 	_limited(scope)
 	not _counter_ok(scope)
 }
 
 _input_problems contains sprintf("totals.%s must be an integer >= 0 or null (no %s limit applies)", [scope, scope]) if {
-	some scope in ["session", "agent", "tool"]
+	some scope in ["agent", "tool"]
 	not _limited(scope)
 	not _counter_ok(scope)
+}
+
+_input_problems contains "totals.session must be an integer >= 0 when request.session_id is set" if {
+	not _counter_ok("session")
+	_limited("session")
+}
+
+_input_problems contains "totals.session must be an integer >= 0 or null (no session limit applies)" if {
+	not _counter_ok("session")
+	not _limited("session")
+}
+
+_input_problems contains sprintf("request.%s must be a string", [name]) if {
+	some name in ["agent_id", "tool_key"]
+	not is_string(object.get(input, ["request", name], null))
 }
 
 _input_problems contains sprintf("windows.%s must be {\"window\": %q, \"resets_at\": <Unix second>} (its limit is windowed)", [scope, _window(scope).kind]) if {
