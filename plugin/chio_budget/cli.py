@@ -148,7 +148,7 @@ def demo(policies: Path = POLICIES, policy_id: str = POLICY_ID,
 
     guard = _guard(policies, policy_id, None, engine, opa_url, ledger)
     try:
-        run_demo(guard)
+        run_demo(guard, policies_dir=policies)
     finally:
         guard.close()
 

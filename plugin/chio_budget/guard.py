@@ -16,6 +16,11 @@ dropping spend would under-count it.
 Only counters some limit reads are kept (``counter_keys``): a per-agent
 counter under a policy without an agent limit would grow with every new
 agent id and never be read.
+
+A windowed limit's counter is the one of the window its request's
+``timestamp`` falls in (``counters.request_counters``); its reservation and
+commit stay there even when settled after the window ends. The windows go
+into the OPA input (``input.windows``); the Rego decides.
 """
 
 from __future__ import annotations
@@ -29,19 +34,30 @@ from typing import Any, Callable, Mapping
 
 from .compiler import compile_all
 from .cost import CostMetadata
+from .counters import RequestCounters, request_counters, total_window
 from .decision import Decision
 from .engines import Engine, make_engine
 from .errors import AmountError, LedgerError, PolicyError
-from .ledger import Ledger, Reservation, Settlement, counter_key, open_ledger
+from .ledger import Balance, Ledger, Reservation, Settlement, open_ledger
 from .ledger.base import check_ttl, key_order
 from .money import MonetaryAmount, U64_MAX, check_units
 from .policy import BudgetPolicy, load_policies
+from .windows import Span
 
 CleanupHook = Callable[[str, Exception], None]
 
 
 def _as_meta(meta: CostMetadata | Mapping[str, Any]) -> CostMetadata:
     return meta if isinstance(meta, CostMetadata) else CostMetadata.model_validate(meta)
+
+
+def _reads(c: RequestCounters) -> dict[str, Any]:
+    """``reads=`` for the ledger, only when a rolling window needs it (any Ledger works otherwise)."""
+    return {"reads": c.reads} if c.reads else {}
+
+
+def _at(at: int | None) -> int:
+    return int(time.time()) if at is None else check_units(at, "at")
 
 
 @dataclass(frozen=True)
@@ -109,7 +125,6 @@ class BudgetGuard:
         self.event_hooks: dict[str, list[CleanupHook]] = {"cleanup_failed": []}
         self.orphan_cleanup_failures = 0
         self._failures_lock = threading.Lock()
-        self._total_key = counter_key(policy.id, "total")
 
     @classmethod
     def from_files(cls, policies_dir: str | Path, policy_id: str = "default", rego_dir: str | Path | None = None,
@@ -140,16 +155,10 @@ class BudgetGuard:
 
         ``total`` always; ``session`` when the policy has a session limit and
         the request a session; ``agent`` when it has an agent limit; ``tool``
-        when the tool is listed in ``max_per_tool``.
+        when the tool is listed in ``max_per_tool``. A windowed limit's key is
+        its window's (of ``meta.timestamp``).
         """
-        p, keys = self.policy, {"total": self._total_key}
-        if p.max_per_session is not None and meta.session_id is not None:
-            keys["session"] = counter_key(p.id, "session", meta.session_id)
-        if p.max_per_agent is not None:
-            keys["agent"] = counter_key(p.id, "agent", meta.agent_id)
-        if meta.tool_key in p.max_per_tool:
-            keys["tool"] = counter_key(p.id, "tool", meta.tool_key)
-        return keys
+        return request_counters(self.policy, meta).keys
 
     def _cost(self, cost: int | MonetaryAmount) -> int:
         if isinstance(cost, MonetaryAmount):
@@ -160,18 +169,27 @@ class BudgetGuard:
             return cost.units
         return check_units(cost, "cost_units")
 
-    def build_input(self, meta: CostMetadata, cost_units: int, totals: Mapping[str, int]) -> dict[str, Any]:
-        """The OPA input; a scope without a counter (no limit reads it) is ``null``."""
-        return {
+    def build_input(self, meta: CostMetadata, cost_units: int, totals: Mapping[str, int],
+                    windows: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The OPA input; a scope without a counter (no limit reads it) is ``null``.
+
+        ``windows`` (``RequestCounters.input_windows``) is added only when a
+        limit of the request is windowed, so an all-time input is unchanged.
+        """
+        inp = {
             "policy_id": self.policy.id,
             "request": meta.request_input(),
             "cost": {"units": cost_units, "currency": self.policy.currency},
             "totals": {scope: totals.get(scope) for scope in ("total", "session", "agent", "tool")},
         }
+        if windows:
+            inp["windows"] = dict(windows)
+        return inp
 
-    def decide(self, meta: CostMetadata, cost_units: int, totals: Mapping[str, int]) -> Evaluation:
+    def decide(self, meta: CostMetadata, cost_units: int, totals: Mapping[str, int],
+               windows: Mapping[str, Any] | None = None) -> Evaluation:
         """Ask the engine, timing it; returns the decision with the input it was given."""
-        inp = self.build_input(meta, cost_units, totals)
+        inp = self.build_input(meta, cost_units, totals, windows)
         t0 = time.perf_counter_ns()
         decision = self.engine.decide(inp)
         return Evaluation(decision, inp, time.perf_counter_ns() - t0)
@@ -197,12 +215,12 @@ class BudgetGuard:
     def evaluate(self, meta: CostMetadata | Mapping[str, Any], cost_units: int | MonetaryAmount) -> Evaluation:
         """Would this cost fit now? Holds nothing; returns the decision, the input and the eval time."""
         meta, cost = _as_meta(meta), self._cost(cost_units)
-        keys = self.counter_keys(meta)
+        c = request_counters(self.policy, meta)
         try:
-            values = self.ledger.totals(list(keys.values()))
+            values = self.ledger.totals(list(c.keys.values()), **_reads(c))
         except LedgerError as exc:
             return Evaluation(self._deny(f"ledger error: {exc}"))
-        return self.decide(meta, cost, dict(zip(keys, values)))
+        return self.decide(meta, cost, dict(zip(c.keys, values)), c.input_windows())
 
     def check(self, meta: CostMetadata | Mapping[str, Any], cost_units: int | MonetaryAmount) -> Decision:
         """The Rust ``check``: ``evaluate(...).decision``."""
@@ -211,7 +229,7 @@ class BudgetGuard:
     def record(self, meta: CostMetadata | Mapping[str, Any], cost_units: int | MonetaryAmount) -> None:
         """Count spend that happened, without deciding (the Rust ``record``)."""
         meta, cost = _as_meta(meta), self._cost(cost_units)
-        self.ledger.add(list(self.counter_keys(meta).values()), cost)
+        self.ledger.add(list(request_counters(self.policy, meta).keys.values()), cost)
 
     def authorize(self, meta: CostMetadata | Mapping[str, Any], cost_units: int | MonetaryAmount, *,
                   book: Mapping[str, Any] | None = None) -> Authorization:
@@ -224,12 +242,13 @@ class BudgetGuard:
         the reservation, for whoever settles it (``ledger.get``).
         """
         meta, cost = _as_meta(meta), self._cost(cost_units)
-        keys = self.counter_keys(meta)
+        c = request_counters(self.policy, meta)
+        keys = c.keys
         attempt = uuid.uuid4().hex
         rid = meta.receipt_id
         try:
             r: Reservation = self.ledger.reserve(rid, list(keys.values()), cost, self.reservation_ttl,
-                                                 book=book, attempt=attempt)
+                                                 book=book, attempt=attempt, **_reads(c))
         except LedgerError as exc:  # it may have run (a lost reply): give back only what this attempt made
             self._give_back(rid, attempt)
             return Authorization(self._deny(f"ledger error: {exc}"), rid, cost, self, attempt=attempt)
@@ -240,24 +259,39 @@ class BudgetGuard:
             return Authorization(self._deny(f"receipt {rid!r} is already held for a different request"), rid, cost,
                                  self, attempt=attempt)
         before = dict(zip(r.keys, r.before))
-        e = self.decide(meta, r.amount, {scope: before[k] for scope, k in keys.items()})
+        e = self.decide(meta, r.amount, {scope: before[k] for scope, k in keys.items()}, c.input_windows())
         if not e.decision.allow:
             if r.created:
                 self._give_back(rid, attempt)
             return Authorization(e.decision, rid, cost, self, e.input, e.eval_ns, attempt)
         return Authorization(e.decision, rid, r.amount, self, e.input, e.eval_ns, attempt, _held=True)
 
-    def total_spent(self) -> int:
-        """Posted spend across the policy (the Rust ``total_spent``); held reservations are not in it."""
-        return self.ledger.balances([self._total_key])[0].spent
+    def window(self, at: int | None = None) -> Span:
+        """The total limit's window containing ``at`` (Unix seconds, default now): what
+        ``total_spent``/``total_held``/``remaining`` answer for (``.describe()`` says it)."""
+        return total_window(self.policy, _at(at))[0]
 
-    def total_held(self) -> int:
-        """Units held by live reservations across the policy (may exceed 2^64-1 in sum)."""
-        return self.ledger.balances([self._total_key])[0].held
+    def _total_balance(self, at: int | None) -> Balance:
+        keys = total_window(self.policy, _at(at))[1]
+        balances = self.ledger.balances(keys)
+        return Balance(min(sum(b.spent for b in balances), U64_MAX), sum(b.held for b in balances))
 
-    def remaining(self) -> int:
-        """What can still be authorized: ``max_total - (spent + held)``, never below 0."""
-        b = self.ledger.balances([self._total_key])[0]
+    def total_spent(self, at: int | None = None) -> int:
+        """Posted spend across the policy (the Rust ``total_spent``); held reservations are not in it.
+
+        For a windowed ``max_total``: in its window containing ``at`` (Unix seconds, default now).
+        """
+        return self._total_balance(at).spent
+
+    def total_held(self, at: int | None = None) -> int:
+        """Units held by live reservations across the policy (may exceed 2^64-1 in sum), in the
+        total limit's window containing ``at``."""
+        return self._total_balance(at).held
+
+    def remaining(self, at: int | None = None) -> int:
+        """What can still be authorized: ``max_total - (spent + held)``, never below 0, in the
+        total limit's window containing ``at`` (default now)."""
+        b = self._total_balance(at)
         return max(self.policy.max_total.units - min(b.spent + b.held, U64_MAX), 0)
 
     def close(self) -> None:

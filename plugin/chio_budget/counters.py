@@ -1,0 +1,101 @@
+"""Which counters a request touches, in the window of its timestamp.
+
+One counter per limit that applies to the request (``total`` always;
+``session`` with a session limit and a session; ``agent`` with an agent
+limit; ``tool`` for a listed tool), keyed
+``counter_key(policy, scope, ident, window=<segment>)``: an all-time limit
+keeps the empty window segment, so its key is the one it always had. A
+rolling limit's cost lands on the bucket of the request's timestamp, and
+the older buckets of its window are ``reads`` summed into that counter by
+the ledger, atomically with the reservation.
+
+The same computation answers the reports (``window_totals``): the total
+limit's window containing a given time, and the keys whose balances make
+it up.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cost import CostMetadata
+from .ledger.base import counter_key
+from .limits import Plan, plan
+from .policy import BudgetPolicy
+from .windows import ALL_TIME, Span, span
+
+SCOPES = ("total", "session", "agent", "tool")
+
+_PLANS: dict[int, Plan] = {}
+
+
+def plan_of(policy: BudgetPolicy) -> Plan:
+    """The policy's resolved plan, computed once per policy object (policies are frozen)."""
+    key = id(policy)
+    p = _PLANS.get(key)
+    if p is None:
+        p = _PLANS[key] = plan(policy)
+        weakref.finalize(policy, _PLANS.pop, key, None)
+    return p
+
+
+@dataclass(frozen=True)
+class RequestCounters:
+    """The counters of one request.
+
+    ``keys``: scope -> the ledger key its cost is held on. ``windows``: scope
+    -> its window, for windowed limits only. ``reads``: ledger key -> the
+    older rolling buckets summed into it (what ``Ledger.reserve``/``totals``
+    take as ``reads``).
+    """
+
+    keys: dict[str, str]
+    windows: dict[str, Span] = field(default_factory=dict)
+    reads: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def input_windows(self) -> dict[str, Any] | None:
+        """``input.windows`` (None when no limit of the request is windowed: the input is unchanged)."""
+        return {scope: s.input() for scope, s in self.windows.items()} or None
+
+
+def _idents(policy: BudgetPolicy, meta: CostMetadata) -> dict[str, str]:
+    """Scope -> the id its counter is kept under, for every limit that applies."""
+    out = {"total": ""}
+    if policy.max_per_session is not None and meta.session_id is not None:
+        out["session"] = meta.session_id
+    if policy.max_per_agent is not None:
+        out["agent"] = meta.agent_id
+    if meta.tool_key in policy.max_per_tool:
+        out["tool"] = meta.tool_key
+    return out
+
+
+def request_counters(policy: BudgetPolicy, meta: CostMetadata) -> RequestCounters:
+    """The counters ``meta`` touches under ``policy``; ``WindowError`` when its timestamp
+    cannot be placed in a calendar window (past the year 9999)."""
+    p = plan_of(policy)
+    keys: dict[str, str] = {}
+    windows: dict[str, Span] = {}
+    reads: dict[str, tuple[str, ...]] = {}
+    for scope, ident in _idents(policy, meta).items():
+        rule = p.rule(scope, meta.tool_key)
+        assert rule is not None  # _idents lists only limits that exist
+        if rule.window.kind == ALL_TIME:
+            keys[scope] = counter_key(policy.id, scope, ident)
+            continue
+        s = span(rule.window, meta.timestamp, p.timezone)
+        keys[scope] = key = counter_key(policy.id, scope, ident, window=s.key)
+        windows[scope] = s
+        if s.reads:
+            reads[key] = tuple(counter_key(policy.id, scope, ident, window=r) for r in s.reads)
+    return RequestCounters(keys, windows, reads)
+
+
+def total_window(policy: BudgetPolicy, at: int) -> tuple[Span, list[str]]:
+    """The total limit's window containing ``at`` and the ledger keys that make up its
+    balance (one for all-time and calendar windows, every bucket of a rolling one)."""
+    p = plan_of(policy)
+    s = span(p.rules["total"].window, at, p.timezone)
+    return s, [counter_key(policy.id, "total", window=k) for k in (*s.reads, s.key)]
