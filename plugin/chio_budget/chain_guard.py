@@ -215,6 +215,7 @@ class BudgetChainGuard:
         failed = self._log_decision(call)
         if failed is not None:
             return failed
+        self._log_warnings(call)
         return self._verdict(call)
 
     def _estimate(self, call: _Call) -> None:
@@ -279,6 +280,24 @@ class BudgetChainGuard:
             msg = f"{self.name}: decision log error (fail-closed): {exc}"
             return GuardDecision.deny(self.name, msg, dict(self._details(call), error=msg))
         return None
+
+    def _log_warnings(self, call: _Call) -> None:
+        """Soft-limit crossings of this call (once per threshold, window, counter): events and metric.
+
+        After the decision, never instead of it: a failed write is counted, the call goes on.
+        """
+        for w in call.auth.warnings_emitted if call.auth is not None else ():
+            if self.metrics:
+                self.metrics.observe_warning(self.policy.id, w.scope, w.threshold_bps)
+            if self.decision_log is None:
+                continue
+            try:
+                self.decision_log.write(self.decision_log.warning_event(
+                    decision_id=call.decision_id, request_id=call.ctx.request_id, policy_id=self.policy.id,
+                    counter=w.counter, threshold_bps=w.threshold_bps, warning=w.warning, guard=self.name))
+            except DecisionLogError:
+                if self.metrics:
+                    self.metrics.log_errors.inc()
 
     def _details(self, call: _Call) -> dict[str, Any]:
         assert call.decision is not None

@@ -20,7 +20,10 @@ agent id and never be read.
 A windowed limit's counter is the one of the window its request's
 ``timestamp`` falls in (``counters.request_counters``); its reservation and
 commit stay there even when settled after the window ends. The windows go
-into the OPA input (``input.windows``); the Rego decides.
+into the OPA input (``input.windows``); the Rego decides. A soft-limit
+warning is emitted (``on_warning``, ``event_hooks["warning"]``) when an
+allowed reservation first takes a counter across a threshold, once across
+every process sharing the ledger (``soft_limits``).
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ from .ledger import Balance, Ledger, Reservation, Settlement, open_ledger
 from .ledger.base import check_ttl, key_order
 from .money import MonetaryAmount, U64_MAX, check_units
 from .policy import BudgetPolicy, load_policies
+from .soft_limits import WarningEvent, crossings, mark_ttl
 from .windows import Span
 
 CleanupHook = Callable[[str, Exception], None]
+WarningHook = Callable[[WarningEvent], None]
 
 
 def _as_meta(meta: CostMetadata | Mapping[str, Any]) -> CostMetadata:
@@ -92,6 +97,8 @@ class Authorization:
     attempt: str = ""
     """This authorize call's token, stored with the reservation it created."""
     _held: bool = field(default=False, repr=False)
+    warnings_emitted: tuple[WarningEvent, ...] = ()
+    """Soft-limit thresholds this reservation crossed first (each told to the ``warning`` hooks)."""
 
     @property
     def allow(self) -> bool:
@@ -114,16 +121,24 @@ class BudgetGuard:
     ``event_hooks["cleanup_failed"]``: callables ``(receipt_id, exc)`` told
     when a hold this guard tried to give back could not be (the chain member
     turns that into a metric); ``orphan_cleanup_failures`` counts them.
+
+    ``event_hooks["warning"]`` (``on_warning`` is the first): callables
+    ``(WarningEvent)`` told when an allowed reservation first takes a counter
+    across a ``warn_at`` threshold, once per threshold, window and counter
+    among every process sharing the ledger. A ledger failure while marking
+    skips the warning (``warning_mark_failures`` counts them): at most once.
     """
 
     def __init__(self, policy: BudgetPolicy, engine: Engine, ledger: Ledger | str | None = "memory", *,
-                 reservation_ttl: float | None = None):
+                 reservation_ttl: float | None = None, on_warning: WarningHook | None = None):
         self.policy = policy
         self.engine = engine
         self.ledger = open_ledger(ledger)
         self.reservation_ttl = None if reservation_ttl is None else check_ttl(reservation_ttl, "reservation_ttl")
-        self.event_hooks: dict[str, list[CleanupHook]] = {"cleanup_failed": []}
+        self.event_hooks: dict[str, list[Callable[..., None]]] = {
+            "cleanup_failed": [], "warning": [on_warning] if on_warning is not None else []}
         self.orphan_cleanup_failures = 0
+        self.warning_mark_failures = 0
         self._failures_lock = threading.Lock()
 
     @classmethod
@@ -133,14 +148,14 @@ class BudgetGuard:
         """Load YAML policies, compile them, start the engine, open the ledger.
 
         Engine options (``opa_url``, ``token``, ``timeout``...) are passed to
-        the server engine; ``reservation_ttl`` to the guard.
+        the server engine; ``reservation_ttl`` and ``on_warning`` to the guard.
         """
         policies = load_policies(policies_dir)
         if policy_id not in policies:
             raise PolicyError(f"{policies_dir}:1: policy_id: no policy {policy_id!r} (have: {', '.join(sorted(policies))})")
-        ttl = options.pop("reservation_ttl", None)
+        ttl, on_warning = options.pop("reservation_ttl", None), options.pop("on_warning", None)
         eng = engine if not isinstance(engine, str) else make_engine(engine, compile_all(policies), rego_dir, **options)
-        return cls(policies[policy_id], eng, ledger, reservation_ttl=ttl)
+        return cls(policies[policy_id], eng, ledger, reservation_ttl=ttl, on_warning=on_warning)
 
     def __enter__(self) -> "BudgetGuard":
         return self
@@ -204,11 +219,29 @@ class BudgetGuard:
         except LedgerError as exc:
             with self._failures_lock:
                 self.orphan_cleanup_failures += 1
-            for hook in list(self.event_hooks.get("cleanup_failed", ())):
-                try:
-                    hook(receipt_id, exc)
-                except Exception:  # noqa: BLE001 - an observer must not turn a deny into a crash
-                    pass
+            self._notify("cleanup_failed", receipt_id, exc)
+
+    def _notify(self, event: str, *args: Any) -> None:
+        for hook in list(self.event_hooks.get(event, ())):
+            try:
+                hook(*args)
+            except Exception:  # noqa: BLE001 - an observer must not turn a decision into a crash
+                pass
+
+    def _emit_warnings(self, meta: CostMetadata, c: RequestCounters, decision: Decision) -> tuple[WarningEvent, ...]:
+        """Each threshold this reservation crossed, to the ``warning`` hooks, once across processes."""
+        emitted = []
+        for ev in crossings(decision, c, self.policy.id, meta.receipt_id):
+            try:
+                first = self.ledger.mark_once(ev.mark, mark_ttl(c, ev.scope, meta.timestamp))
+            except LedgerError:
+                with self._failures_lock:
+                    self.warning_mark_failures += 1
+                continue
+            if first:
+                emitted.append(ev)
+                self._notify("warning", ev)
+        return tuple(emitted)
 
     # -- the API -------------------------------------------------------------
 
@@ -264,7 +297,8 @@ class BudgetGuard:
             if r.created:
                 self._give_back(rid, attempt)
             return Authorization(e.decision, rid, cost, self, e.input, e.eval_ns, attempt)
-        return Authorization(e.decision, rid, r.amount, self, e.input, e.eval_ns, attempt, _held=True)
+        emitted = self._emit_warnings(meta, c, e.decision) if r.created and e.decision.warnings else ()
+        return Authorization(e.decision, rid, r.amount, self, e.input, e.eval_ns, attempt, True, emitted)
 
     def window(self, at: int | None = None) -> Span:
         """The total limit's window containing ``at`` (Unix seconds, default now): what

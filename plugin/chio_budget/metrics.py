@@ -23,6 +23,9 @@ Metric names (namespace ``chio_budget``):
   ``chio_budget_over_estimate_total{policy_id}``.
 - ``chio_budget_shadow_disagreements_total{policy_id,shadow_policy_id}``.
 - ``chio_budget_decision_log_errors_total``.
+- ``chio_budget_warnings_total{policy_id,scope,threshold}`` - soft-limit
+  thresholds crossed, once per threshold, window and counter (``threshold``
+  as written, ``0.8``: bounded by the policy's ``warn_at``).
 - ``chio_budget_label_values_folded_total{label}`` - observations whose
   label value was folded into ``other`` because the cap was reached.
 
@@ -121,6 +124,8 @@ class BudgetMetrics:
                                             ["policy_id", "shadow_policy_id"], namespace=ns, registry=r)
         self.log_errors = Counter("decision_log_errors", "Decision-log writes that failed",
                                   namespace=ns, registry=r)
+        self.warnings = Counter("warnings", "Soft-limit thresholds crossed (once per threshold, window, counter)",
+                                ["policy_id", "scope", "threshold"], namespace=ns, registry=r)
 
     # -- recording (called by the chain guard) ------------------------------
 
@@ -138,6 +143,10 @@ class BudgetMetrics:
             self.violations.labels(policy_id, cap(v.scope)).inc()
         if eval_seconds is not None:
             self.eval_seconds.labels(policy_id, engine).observe(eval_seconds)
+
+    def observe_warning(self, policy_id: str, scope: str, threshold_bps: int) -> None:
+        """One crossing; ``threshold`` is the fraction as written (``0.8``), a bounded label."""
+        self.warnings.labels(policy_id, self._caps["scope"](scope), f"{threshold_bps / 10000:g}").inc()
 
     def set_open(self, policy_id: str, n: int) -> None:
         self.reservations_open.labels(policy_id).set(n)
