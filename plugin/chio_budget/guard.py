@@ -209,6 +209,29 @@ class BudgetGuard:
         decision = self.engine.decide(inp)
         return Evaluation(decision, inp, time.perf_counter_ns() - t0)
 
+    def _narrow_rolling(self, meta: CostMetadata, c: RequestCounters, cost: int, e: Evaluation) -> Evaluation:
+        """A deny by a rolling limit: decide again with ``resets_at`` narrowed to when enough of
+        its spend leaves (read per bucket, after this request's hold was given back).
+
+        Only a hint for a retry; the first ``resets_at`` (everything gone) stays when the
+        buckets cannot be read or never free enough (the cost alone is above the limit).
+        """
+        rolling = [v for v in e.decision.violations if getattr(v, "window", None) == "rolling" and v.scope in c.windows]
+        if not rolling or e.input is None:
+            return e
+        windows = dict(e.input["windows"])
+        for v in rolling:
+            span, key = c.windows[v.scope], c.keys[v.scope]
+            try:
+                units = self.ledger.totals([*c.reads.get(key, ()), key])
+            except LedgerError:
+                return e
+            at = span.leaves_enough_at(units, sum(units) + cost - v.limit_units)  # type: ignore[attr-defined]
+            if at is not None and cost <= v.limit_units:  # type: ignore[attr-defined]
+                windows[v.scope] = {**windows[v.scope], "resets_at": max(at, meta.timestamp + 1)}
+        again = self.decide(meta, cost, e.input["totals"], windows)
+        return Evaluation(again.decision, again.input, (e.eval_ns or 0) + (again.eval_ns or 0))
+
     def _deny(self, error: str) -> Decision:
         return Decision.deny_error(error, self.policy.id)
 
@@ -253,7 +276,8 @@ class BudgetGuard:
             values = self.ledger.totals(list(c.keys.values()), **_reads(c))
         except LedgerError as exc:
             return Evaluation(self._deny(f"ledger error: {exc}"))
-        return self.decide(meta, cost, dict(zip(c.keys, values)), c.input_windows())
+        return self._narrow_rolling(meta, c, cost, self.decide(meta, cost, dict(zip(c.keys, values)),
+                                                               c.input_windows()))
 
     def check(self, meta: CostMetadata | Mapping[str, Any], cost_units: int | MonetaryAmount) -> Decision:
         """The Rust ``check``: ``evaluate(...).decision``."""
@@ -296,6 +320,7 @@ class BudgetGuard:
         if not e.decision.allow:
             if r.created:
                 self._give_back(rid, attempt)
+            e = self._narrow_rolling(meta, c, r.amount, e)
             return Authorization(e.decision, rid, cost, self, e.input, e.eval_ns, attempt)
         emitted = self._emit_warnings(meta, c, e.decision) if r.created and e.decision.warnings else ()
         return Authorization(e.decision, rid, r.amount, self, e.input, e.eval_ns, attempt, True, emitted)

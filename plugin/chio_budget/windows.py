@@ -192,6 +192,20 @@ class Span:
         """This window in the OPA input (``input.windows[scope]``)."""
         return {"window": self.window.kind, "key": self.key, "start": self.start, "resets_at": self.resets_at}
 
+    def leaves_enough_at(self, bucket_units: list[int], excess: int) -> int | None:
+        """Rolling: the first second by which at least ``excess`` units of the spend counted now
+        have left. ``bucket_units`` are the counted buckets' units, oldest first (the order of
+        ``(*reads, key)``); a bucket leaves when its last second does. None if they never sum
+        to ``excess``."""
+        b, w = self.window.bucket_seconds, self.window.seconds
+        assert b is not None and w is not None and self.start is not None
+        gone = 0
+        for i, units in enumerate(bucket_units):
+            gone += units
+            if gone >= excess:
+                return self.start + (i + 1) * b - 1 + w
+        return None
+
     def describe(self) -> str:
         """``daily window d:2026-03-08@America/New_York (2026-03-08T05:00:00Z .. 2026-03-09T05:00:00Z)``."""
         if self.window.kind == ALL_TIME:
