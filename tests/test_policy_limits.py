@@ -9,7 +9,9 @@ import pytest
 
 from chio_budget.compiler import compile_dir, compile_policy
 from chio_budget.errors import PolicyError
-from chio_budget.limits import plan
+from hypothesis import given, strategies as st
+
+from chio_budget.limits import plan, reached_at
 from chio_budget.policy import parse_policy
 from chio_budget.windows import ALL_TIME_WINDOW, Window
 
@@ -65,8 +67,11 @@ def test_windows_warnings_and_cap_compile_into_the_policy_entry():
             "agent": {"kind": "daily"},
             "tool": {"s1:x": {"kind": "weekly"}, "s1:y": {"kind": "monthly"}},
         },
-        "warn_at": {"total": [8000, 9500], "session": [5000], "agent": [8000, 9500],
-                    "tool": {"s1:y": [8000, 9500], "s1:z": [8000, 9500]}},
+        "warn_at": {"total": [{"bps": 8000, "units": 400000}, {"bps": 9500, "units": 475000}],
+                    "session": [{"bps": 5000, "units": 2500}],
+                    "agent": [{"bps": 8000, "units": 2400}, {"bps": 9500, "units": 2850}],
+                    "tool": {"s1:y": [{"bps": 8000, "units": 6}, {"bps": 9500, "units": 7}],  # 5.6, 6.65 up
+                             "s1:z": [{"bps": 8000, "units": 8}, {"bps": 9500, "units": 9}]}},
     }
 
 
@@ -159,4 +164,10 @@ def test_shipped_example_policies_compile():
     team = doc["chio"]["budget"]["policies"]["team-monthly"]
     assert team["timezone"] == "Europe/Berlin"
     assert team["windows"]["total"] == {"kind": "monthly"} and team["windows"]["agent"] == {"kind": "daily"}
-    assert team["warn_at"]["total"] == [8000, 9500]
+    assert team["warn_at"]["total"] == [{"bps": 8000, "units": 400000}, {"bps": 9500, "units": 475000}]
+
+
+@given(st.integers(0, 2**64 + 10), st.integers(1, 10000), st.integers(0, 2**64 - 1))
+def test_compiled_threshold_units_are_the_integer_rule(after, bps, limit):
+    """after >= units exactly when (current + requested) * 10000 >= bps * limit."""
+    assert (after >= reached_at(bps, limit)) == (after * 10000 >= bps * limit)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from .cost import CostMetadata
@@ -89,8 +90,14 @@ def request_counters(policy: BudgetPolicy, meta: CostMetadata) -> RequestCounter
         keys[scope] = key = counter_key(policy.id, scope, ident, window=s.key)
         windows[scope] = s
         if s.reads:
-            reads[key] = tuple(counter_key(policy.id, scope, ident, window=r) for r in s.reads)
+            reads[key] = _read_keys(policy.id, scope, ident, s.reads)
     return RequestCounters(keys, windows, reads)
+
+
+@lru_cache(maxsize=4096)
+def _read_keys(policy_id: str, scope: str, ident: str, segments: tuple[str, ...]) -> tuple[str, ...]:
+    """The ledger keys of a rolling window's older buckets (the same for every request in a bucket)."""
+    return tuple(counter_key(policy_id, scope, ident, window=r) for r in segments)
 
 
 def total_window(policy: BudgetPolicy, at: int) -> tuple[Span, list[str]]:

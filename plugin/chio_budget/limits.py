@@ -174,12 +174,23 @@ def plan(policy: "BudgetPolicy") -> Plan:
     return Plan(rules, tools, cap.units if cap is not None else None, policy.timezone)
 
 
+def reached_at(bps: int, limit: int) -> int:
+    """The least whole amount that reaches ``bps`` of ``limit``: ``ceil(bps * limit / 10000)``.
+
+    For a whole number ``a``: ``a >= reached_at(bps, limit)`` exactly when
+    ``a * 10000 >= bps * limit``, the rule the issue states; the Rego compares
+    with this instead of multiplying on every decision.
+    """
+    return -(-bps * limit // BPS)
+
+
 def compile_extras(policy: "BudgetPolicy") -> dict[str, Any]:
     """The data-document keys for windows, thresholds and the per-call cap.
 
     Only what the policy uses: ``max_per_invocation``, ``timezone`` (when a
     calendar window needs it), ``windows`` and ``warn_at`` by scope (tools by
     key), listing only limits that are not all-time / that have thresholds.
+    A threshold compiles to ``{"bps": 8000, "units": reached_at(8000, limit)}``.
     """
     p = plan(policy)
     out: dict[str, Any] = {}
@@ -190,7 +201,7 @@ def compile_extras(policy: "BudgetPolicy") -> dict[str, Any]:
     windows = _by_scope(p, lambda r: r.window.to_data() if r.window != ALL_TIME_WINDOW else None)
     if windows:
         out["windows"] = windows
-    warn_at = _by_scope(p, lambda r: list(r.warn_at) or None)
+    warn_at = _by_scope(p, lambda r: [{"bps": b, "units": reached_at(b, r.units)} for b in r.warn_at] or None)
     if warn_at:
         out["warn_at"] = warn_at
     return out

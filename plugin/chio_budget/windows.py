@@ -217,25 +217,35 @@ class Span:
         return f"{self.window.kind} window {self.key} ({span})"
 
 
+_LAST: dict[tuple[Window, str], Span] = {}
+"""The last calendar span computed per (window, zone): most requests fall in the window of the one before."""
+
+
 def span(window: Window, timestamp: int, tz: str = "UTC") -> Span:
     """The window ``timestamp`` falls in. ``WindowError`` for a calendar window past year 9999."""
     if window.kind == ALL_TIME:
         return Span(window)
     if window.kind == ROLLING:
-        return _rolling(window, timestamp)
+        b = window.bucket_seconds
+        assert b is not None and window.seconds is not None
+        return _rolling(window, timestamp // b, max((timestamp - window.seconds + 1) // b, 0))
+    last = _LAST.get((window, tz))
+    if last is not None and last.start <= timestamp < last.resets_at:  # type: ignore[operator]
+        return last
     try:
-        return _calendar(window, timestamp, tz)
+        s = _LAST[(window, tz)] = _calendar(window, timestamp, tz)
+        return s
     except (OverflowError, ValueError, OSError):
         raise WindowError(
             f"timestamp {timestamp} cannot be placed in a {window.kind} window: calendar windows end in "
             "the year 9999 (is it in milliseconds? timestamps are Unix seconds)") from None
 
 
-def _rolling(window: Window, t: int) -> Span:
+@lru_cache(maxsize=1024)
+def _rolling(window: Window, hi: int, lo: int) -> Span:
+    """Buckets ``lo..hi`` (indexes of ``bucket_seconds``): the same span for every second that reads them."""
     b = window.bucket_seconds
     assert b is not None and window.seconds is not None
-    hi = t // b
-    lo = max((t - window.seconds + 1) // b, 0)
     keys = [f"r:{b}:{i * b}" for i in range(lo, hi + 1)]
     return Span(window, keys[-1], lo * b, (hi + 1) * b - 1 + window.seconds, tuple(keys[:-1]))
 

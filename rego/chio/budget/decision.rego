@@ -71,24 +71,22 @@ _window("tool") := _policy.windows.tool[input.request.tool_key]
 
 _window(scope) := _policy.windows[scope] if scope != "tool"
 
-# A limit's warning thresholds, in basis points of the limit (0.8 -> 8000).
+# A limit's warning thresholds, compiled from warn_at: {"bps": 8000, "units": 2400}
+# is 80% (8000 basis points) of a 3000 limit. `units` is the least amount that
+# reaches it, ceil(bps * limit / 10000) in exact integers, so for a whole
+# number `after`: after >= units  exactly when  after * 10000 >= bps * limit.
+# (Compiled once rather than multiplied on every decision: OPA arithmetic
+# costs microseconds an operation.)
 _warn_at("tool") := _policy.warn_at.tool[input.request.tool_key]
 
 _warn_at(scope) := _policy.warn_at[scope] if scope != "tool"
 
-# Rust's `current.saturating_add(requested) > limit`, exactly (OPA numbers are
-# arbitrary precision, so no sum near 2^64 is rounded).
-# (Only on a well-formed input: arithmetic on a string would be an error.)
-_exceeds(current, limit) if {
+# Rust's `current.saturating_add(requested)`, per scope, worked out once:
+# exact (OPA numbers are arbitrary precision, so no sum near 2^64 is rounded)
+# and only on a well-formed input (arithmetic on a string would be an error).
+_after[scope] := min([input.totals[scope] + _requested, _u64_max]) if {
 	_input_ok
-	min([current + _requested, _u64_max]) > limit
-}
-
-# A soft limit is reached when (current + requested) >= bps/10000 of the
-# limit, compared in integers: (current + requested) * 10000 >= bps * limit.
-_reaches(current, limit, bps) if {
-	_input_ok
-	min([current + _requested, _u64_max]) * 10000 >= bps * limit
+	some scope, _ in _limit
 }
 
 # What a limit reports: the Rust BudgetViolation fields of its scope, plus,
@@ -118,7 +116,7 @@ _window_fields(scope) := fields if {
 #   {"scope": "custom", "code": "...", "message": "..."}.
 violation contains v if {
 	some scope, limit in _limit
-	_exceeds(input.totals[scope], limit.units)
+	_after[scope] > limit.units
 	v := _report(scope)
 }
 
@@ -156,13 +154,14 @@ violation contains {"scope": "custom", "code": "invalid_input", "message": probl
 # title: Warnings
 # description: >-
 #   Soft limits: one entry per threshold of a limit's warn_at that
-#   current + requested reaches, with the limit's violation fields plus
-#   "threshold" (0.8). Warnings never deny. Other files may add more.
+#   current + requested reaches ((current + requested) * 10000 >= bps * limit),
+#   with the limit's violation fields plus "threshold" (0.8). Warnings never
+#   deny. Other files may add more.
 warning contains w if {
-	some scope, limit in _limit
-	some bps in _warn_at(scope)
-	_reaches(input.totals[scope], limit.units, bps)
-	w := object.union(_report(scope), {"threshold": bps / 10000})
+	some scope, after in _after
+	some threshold in _warn_at(scope)
+	after >= threshold.units
+	w := object.union(_report(scope), {"threshold": threshold.bps / 10000})
 }
 
 # The fast path: one rule that holds for every input the guard builds, so

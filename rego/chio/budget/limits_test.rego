@@ -26,7 +26,11 @@ _team := {
 		"agent": {"kind": "daily"},
 		"tool": {"s1:x": {"kind": "weekly"}},
 	},
-	"warn_at": {"total": [8000, 9500], "agent": [8000, 9500], "tool": {"s1:x": [5000]}},
+	"warn_at": {
+		"total": [{"bps": 8000, "units": 400000}, {"bps": 9500, "units": 475000}],
+		"agent": [{"bps": 8000, "units": 2400}, {"bps": 9500, "units": 2850}],
+		"tool": {"s1:x": [{"bps": 5000, "units": 250}]},
+	},
 	"revision": "sha256:team",
 }
 
@@ -157,13 +161,16 @@ test_no_warning_one_unit_below_the_threshold if {
 }
 
 test_thresholds_compare_in_integers if {
-	# 7 of 10 is exactly 70%; in floats 0.7 * 10 = 7.000000000000001 > 7.
-	p := {"currency": "EUR", "max_total": 10, "warn_at": {"total": [7000]}, "revision": "r"}
-	inp := object.remove(_input("t1", 7, {"total": 0, "session": null, "agent": null, "tool": null}), ["windows"])
-	d := budget.decision with input as inp with data.chio.budget.policies as {"team": p}
+	# 7 of 10 is exactly 70% (in floats 0.7 * 10 = 7.000000000000001 > 7): 7 warns, 6 does not.
+	p := {"currency": "EUR", "max_total": 10, "warn_at": {"total": [{"bps": 7000, "units": 7}]}, "revision": "r"}
+	totals := {"total": 0, "session": null, "agent": null, "tool": null}
+	d := budget.decision with input as object.remove(_input("t1", 7, totals), ["windows"])
+		with data.chio.budget.policies as {"team": p}
 	[w] := d.warnings
 	w.threshold == 0.7
-	w.current_units + w.requested_units == 7
+	below := budget.decision with input as object.remove(_input("t1", 6, totals), ["windows"])
+		with data.chio.budget.policies as {"team": p}
+	below.warnings == []
 }
 
 test_every_threshold_reached_is_reported_in_order if {
@@ -188,7 +195,7 @@ test_warnings_never_deny_and_go_with_a_deny if {
 }
 
 test_threshold_of_one_warns_at_exactly_the_limit if {
-	p := object.union(_team, {"warn_at": {"agent": [10000]}})
+	p := object.union(object.remove(_team, ["warn_at"]), {"warn_at": {"agent": [{"bps": 10000, "units": 3000}]}})
 	d := budget.decision with input as _input("t1", 100, _with_totals({"agent": 2900}))
 		with data.chio.budget.policies as {"team": p}
 	d.allow == true
@@ -204,7 +211,7 @@ test_limits_without_warn_at_never_warn if {
 }
 
 test_saturated_sums_still_reach_thresholds if {
-	p := {"currency": "EUR", "max_total": _u64_max, "warn_at": {"total": [9500]}, "revision": "r"}
+	p := {"currency": "EUR", "max_total": _u64_max, "warn_at": {"total": [{"bps": 9500, "units": 17524406870024074035}]}, "revision": "r"}
 	inp := object.remove(_input("t1", 20, {"total": _u64_max - 10, "session": null, "agent": null, "tool": null}), ["windows"])
 	d := budget.decision with input as inp with data.chio.budget.policies as {"team": p}
 	d.allow == true
