@@ -17,6 +17,7 @@ from chio_budget import BudgetGuard, CostMetadata
 from chio_budget.errors import WindowError
 from chio_budget.ledger import counter_key
 from ledger_fixtures import make_store
+from window_support import spend
 from opa_fixtures import POLICIES_DIR, repo_bundle, start_opa
 
 MIDNIGHT = 1773010800  # 2026-03-09 00:00 Europe/Berlin
@@ -51,24 +52,17 @@ def team(request, engine_kind, tmp_path, opa_url):
     store.cleanup()
 
 
-def spend(guard: BudgetGuard, receipt: str, t: int, units: int, **kw):
-    auth = guard.authorize(meta(receipt, t, **kw), units)
-    if auth.allow:
-        auth.commit()
-    return auth
-
-
 def test_daily_agent_cap_resets_at_local_midnight(team):
     t = MIDNIGHT - 3600
-    decisions = [spend(team, f"r{i}", t, 500).decision for i in range(6)]  # 3000: exactly the cap
+    decisions = [spend(team, meta(f"r{i}", t), 500).decision for i in range(6)]  # 3000: exactly the cap
     assert all(d.allow for d in decisions)
     assert [[w["threshold"] for w in d.warnings] for d in decisions] == [[], [], [], [], [0.8], [0.8, 0.95]]
-    last = spend(team, "r-before", MIDNIGHT - 1, 1)
+    last = spend(team, meta("r-before", MIDNIGHT - 1), 1)
     assert not last.allow
     assert last.decision.violations[0].model_dump() == {
         "scope": "agent", "agent_id": "a1", "limit_units": 3000, "current_units": 3000, "requested_units": 1,
         "currency": "EUR", "window": "daily", "resets_at": MIDNIGHT}
-    first = spend(team, "r-at", MIDNIGHT, 1)
+    first = spend(team, meta("r-at", MIDNIGHT), 1)
     assert first.allow
     assert first.input["totals"]["agent"] == 0 and first.input["windows"]["agent"]["key"] == NEXT_DAY
     assert first.input["totals"]["total"] == 3000  # the month goes on
@@ -93,9 +87,9 @@ def test_per_call_cap_denies_one_call_and_holds_nothing(team):
 
 
 def test_monthly_total_reports_answer_for_the_window_of_at(team):
-    spend(team, "march", MIDNIGHT, 300)
+    spend(team, meta("march", MIDNIGHT), 300)
     april = 1775001600  # 2026-04-01T00:00:00Z, in April in Berlin
-    spend(team, "april", april, 200)
+    spend(team, meta("april", april), 200)
     assert (team.total_spent(MIDNIGHT), team.total_spent(april)) == (300, 200)
     assert team.remaining(april) == 500000 - 200
     assert team.window(MIDNIGHT).key == MONTH
@@ -105,7 +99,7 @@ def test_monthly_total_reports_answer_for_the_window_of_at(team):
 
 def test_check_reports_warnings_but_holds_nothing(team):
     for i in range(5):
-        spend(team, f"w{i}", MIDNIGHT, 480)  # 2400 = 80%
+        spend(team, meta(f"w{i}", MIDNIGHT), 480)  # 2400 = 80%
     d = team.check(meta("peek", MIDNIGHT), 0)
     assert d.allow and [w["threshold"] for w in d.warnings] == [0.8]
     assert team.total_held(MIDNIGHT) == 0

@@ -15,7 +15,8 @@ from chio_budget import BudgetGuard, CostMetadata
 from chio_budget.ledger import counter_key
 from chio_budget.policy import parse_policy
 from conftest import guard_for
-from ledger_fixtures import BACKENDS, make_store
+from ledger_fixtures import store  # noqa: F401 - the fixture: every ledger backend
+from window_support import spend
 from opa_fixtures import POLICIES_DIR
 
 T = 1772964000  # 2026-03-08T10:00:00Z, a multiple of 60 and of 1800
@@ -29,54 +30,40 @@ def meta(receipt: str, t: int, agent: str = "a1", session: str | None = None) ->
                         tool_name="t1")
 
 
-@pytest.fixture(params=BACKENDS)
-def store(request, tmp_path):
-    s = make_store(request.param, tmp_path)
-    yield s
-    s.cleanup()
-
-
-def spend(guard: BudgetGuard, receipt: str, t: int, units: int, **kw):
-    auth = guard.authorize(meta(receipt, t, **kw), units)
-    if auth.allow:
-        auth.commit()
-    return auth
-
-
 def test_an_exact_window_forgets_spend_when_it_leaves(store):
     guard = guard_for(MINUTE, ledger=store.open())
-    assert spend(guard, "r1", T, 1000).allow
-    denied = spend(guard, "r2", T + 59, 1)  # T is still in (T+59-60, T+59]
+    assert spend(guard, meta("r1", T), 1000).allow
+    denied = spend(guard, meta("r2", T + 59), 1)  # T is still in (T+59-60, T+59]
     assert not denied.allow
     assert denied.decision.violations[0].model_dump() == {
         "scope": "agent", "agent_id": "a1", "limit_units": 1000, "current_units": 1000, "requested_units": 1,
         "currency": "USD", "window": "rolling", "resets_at": T + 60}
-    allowed = spend(guard, "r3", T + 60, 1000)  # T has left
+    allowed = spend(guard, meta("r3", T + 60), 1000)  # T has left
     assert allowed.allow and allowed.input["totals"]["agent"] == 0
 
 
 def test_a_bucket_counts_until_its_last_second_leaves(store):
     # burst-guard: session 2000 in any 3600 s, 60 s buckets. Spend at T lands in bucket [T, T+59].
     guard = BudgetGuard.from_files(POLICIES_DIR, "burst-guard", ledger=store.open())
-    assert spend(guard, "r1", T, 2000, session="s").allow
-    still = spend(guard, "r2", T + 59 + 3599, 1, session="s")  # the bucket's last second is in the window
+    assert spend(guard, meta("r1", T, session="s"), 2000).allow
+    still = spend(guard, meta("r2", T + 59 + 3599, session="s"), 1)  # the bucket's last second is in the window
     assert not still.allow and still.decision.violations[0].resets_at == T + 59 + 3600
-    assert spend(guard, "r3", T + 59 + 3600, 2000, session="s").allow  # all of it has left
+    assert spend(guard, meta("r3", T + 59 + 3600, session="s"), 2000).allow  # all of it has left
     guard.engine.close()
 
 
 def test_spend_is_counted_in_the_bucket_of_its_request_and_read_by_later_ones(store):
     guard = BudgetGuard.from_files(POLICIES_DIR, "burst-guard", ledger=store.open())
     for i, t in enumerate([T, T + 600, T + 1200, T + 1800]):
-        assert spend(guard, f"r{i}", t, 400, session="s").allow
+        assert spend(guard, meta(f"r{i}", t, session="s"), 400).allow
     later = guard.check(meta("peek", T + 2400, session="s"), 0)
     assert later.allow and [w["threshold"] for w in later.warnings] == []
     auth = guard.authorize(meta("r9", T + 2400, session="s"), 401)  # 1600 + 401 > 2000
     assert not auth.allow and auth.input["totals"]["session"] == 1600
     # One unit too many: the oldest bucket ([T, T+59]) leaving frees enough. A retry then fits.
     assert auth.decision.violations[0].resets_at == T + 59 + 3600
-    assert not spend(guard, "r10", T + 59 + 3599, 401, session="s").allow
-    assert spend(guard, "r11", T + 59 + 3600, 401, session="s").allow
+    assert not spend(guard, meta("r10", T + 59 + 3599, session="s"), 401).allow
+    assert spend(guard, meta("r11", T + 59 + 3600, session="s"), 401).allow
     buckets = [counter_key("burst-guard", "session", "s", window=f"r:60:{t}") for t in (T, T + 600, T + 2400)]
     assert [b.spent for b in guard.ledger.balances(buckets)] == [400, 400, 0]
     guard.engine.close()

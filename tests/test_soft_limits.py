@@ -20,7 +20,7 @@ from chio_budget.kernel import GuardContext
 from chio_budget.metrics import BudgetMetrics
 from chio_budget.policy import parse_policy
 from conftest import guard_for
-from ledger_fixtures import BACKENDS, SHARED_BACKENDS, make_store
+from ledger_fixtures import SHARED_BACKENDS, make_store, store  # noqa: F401 - store: every ledger backend
 
 T = 1772964000  # 2026-03-08T10:00:00Z; the next UTC day starts at T + 50400
 DAILY = parse_policy("id: soft\ncurrency: USD\nwindow: daily\nwarn_at: [0.5, 0.8]\nmax_total: 1000\n"
@@ -29,13 +29,6 @@ DAILY = parse_policy("id: soft\ncurrency: USD\nwindow: daily\nwarn_at: [0.5, 0.8
 
 def meta(receipt: str, t: int = T, agent: str = "a1") -> CostMetadata:
     return CostMetadata(receipt_id=receipt, timestamp=t, agent_id=agent, tool_server="s1", tool_name="t1")
-
-
-@pytest.fixture(params=BACKENDS)
-def store(request, tmp_path):
-    s = make_store(request.param, tmp_path)
-    yield s
-    s.cleanup()
 
 
 def warned_guard(ledger, seen: list):

@@ -34,6 +34,27 @@ SCRIPT = [
 ]
 
 
+def _call(guard, meta: CostMetadata, cost: int):
+    """Reserve, decide, and commit when allowed (the call ran and cost its estimate)."""
+    auth = guard.authorize(meta, cost)
+    if auth.allow:
+        auth.commit()
+    return auth
+
+
+def _verdict(auth) -> str:
+    return "[green]allow[/]" if auth.allow else "[bold red]DENY [/]"
+
+
+def _show_deny(console: Console, auth) -> None:
+    """A deny's reason and the violations' JSON (the Rust serde form), under its row."""
+    if auth.allow:
+        return
+    console.print(f"         [red]{auth.decision.reason()}[/]", highlight=False, soft_wrap=True)
+    for v in auth.decision.violations:
+        console.print(f"         {v.model_dump_json()}", highlight=False, markup=False, soft_wrap=True)
+
+
 def run_demo(guard, console: Console | None = None, policies_dir: Path | None = None) -> int:
     """The scripted session on ``guard``, then the windows scene when ``policies_dir`` has it."""
     console = console or Console()
@@ -47,18 +68,11 @@ def run_demo(guard, console: Console | None = None, policies_dir: Path | None = 
     for i, (agent, session, server, tool, cost, note) in enumerate(SCRIPT, start=1):
         meta = CostMetadata(receipt_id=f"demo-{i}", timestamp=1000 + i, session_id=session, agent_id=agent,
                             tool_server=server, tool_name=tool)
-        auth = guard.authorize(meta, cost)
-        if auth.allow:
-            auth.commit()
-        else:
-            denied += 1
-        verdict = "[green]allow[/]" if auth.allow else "[bold red]DENY [/]"
-        console.print(f"{i:>2} {verdict} {agent} {session or '-':<7} {server}:{tool:<10} cost {cost:>5}  "
+        auth = _call(guard, meta, cost)
+        denied += not auth.allow
+        console.print(f"{i:>2} {_verdict(auth)} {agent} {session or '-':<7} {server}:{tool:<10} cost {cost:>5}  "
                       f"remaining {guard.remaining():>5}  [dim]{note}[/]", highlight=False, soft_wrap=True)
-        if not auth.allow:
-            console.print(f"         [red]{auth.decision.reason()}[/]", highlight=False, soft_wrap=True)
-            for v in auth.decision.violations:
-                console.print(f"         {v.model_dump_json()}", highlight=False, markup=False, soft_wrap=True)
+        _show_deny(console, auth)
     console.print(f"spent {guard.total_spent()} of {p.max_total.units} {p.currency}; "
                   f"{denied} of {len(SCRIPT)} calls denied; nothing was recorded for a denied call", soft_wrap=True)
     windowed = windows_guard(guard, policies_dir)
@@ -94,23 +108,16 @@ def run_windows_demo(guard, console: Console) -> int:
         t = _MIDNIGHT + offset
         meta = CostMetadata(receipt_id=f"demo-w{i}", timestamp=t, agent_id=agent, tool_server="llm",
                             tool_name="complete")
-        auth = guard.authorize(meta, cost)
-        if auth.allow:
-            auth.commit()
-        else:
-            denied += 1
-        verdict = "[green]allow[/]" if auth.allow else "[bold red]DENY [/]"
+        auth = _call(guard, meta, cost)
+        denied += not auth.allow
         local = datetime.fromtimestamp(t, zone).strftime("%m-%d %H:%M:%S")
-        console.print(f"{i:>2} {verdict} {local} {agent} cost {cost:>4}  month left {guard.remaining(t):>6}  "
+        console.print(f"{i:>2} {_verdict(auth)} {local} {agent} cost {cost:>4}  month left {guard.remaining(t):>6}  "
                       f"[dim]{note}[/]", highlight=False, soft_wrap=True)
         for w in auth.decision.warnings if auth.allow else ():  # a deny's warnings are not news
             console.print(f"         [yellow]warning: {w['scope']} at {w['threshold']:.0%} of "
                           f"{w['limit_units']} ({w['current_units']} + {w['requested_units']})[/]",
                           highlight=False, soft_wrap=True)
-        if not auth.allow:
-            console.print(f"         [red]{auth.decision.reason()}[/]", highlight=False, soft_wrap=True)
-            for v in auth.decision.violations:
-                console.print(f"         {v.model_dump_json()}", highlight=False, markup=False, soft_wrap=True)
+        _show_deny(console, auth)
     console.print(f"window now: {guard.window(_MIDNIGHT).describe()}", soft_wrap=True)
     return denied
 
