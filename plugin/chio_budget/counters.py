@@ -22,7 +22,9 @@ from functools import lru_cache
 from typing import Any
 
 from .cost import CostMetadata
-from .ledger.base import counter_key
+from .errors import LedgerError
+from .ledger.base import Balance, counter_key
+from .money import U64_MAX
 from .limits import Plan, plan
 from .policy import BudgetPolicy
 from .windows import ALL_TIME, Span, span
@@ -55,6 +57,12 @@ class RequestCounters:
     keys: dict[str, str]
     windows: dict[str, Span] = field(default_factory=dict)
     reads: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def reads_option(self) -> dict[str, Any]:
+        """``reads=`` for ``Ledger.reserve``/``totals``, only when a rolling window needs it
+        (a ledger without windowed reads still serves every other policy)."""
+        return {"reads": self.reads} if self.reads else {}
 
     def input_windows(self) -> dict[str, Any] | None:
         """``input.windows`` (None when no limit of the request is windowed: the input is unchanged)."""
@@ -106,3 +114,35 @@ def total_window(policy: BudgetPolicy, at: int) -> tuple[Span, list[str]]:
     p = plan_of(policy)
     s = span(p.rules["total"].window, at, p.timezone)
     return s, [counter_key(policy.id, "total", window=k) for k in (*s.reads, s.key)]
+
+
+def total_balance(ledger: Any, policy: BudgetPolicy, at: int) -> Balance:
+    """The total limit's balance in its window containing ``at`` (a rolling one: all its buckets)."""
+    balances = ledger.balances(total_window(policy, at)[1])
+    return Balance(min(sum(b.spent for b in balances), U64_MAX), sum(b.held for b in balances))
+
+
+def narrowed_windows(ledger: Any, c: RequestCounters, e: Any, cost: int, timestamp: int) -> dict[str, Any] | None:
+    """``input.windows`` with a rolling violation's ``resets_at`` narrowed to when enough of its
+    window's spend leaves for ``cost`` to fit (``Span.leaves_enough_at``), or None to keep them.
+
+    ``e`` is the denying ``Evaluation``. The buckets are read again, one
+    violated window at a time, after the request's own hold was given back;
+    the first ``resets_at`` (everything gone) stays when they cannot be read
+    or never free enough (the cost alone is above the limit).
+    """
+    rolling = [v for v in e.decision.violations
+               if getattr(v, "window", None) == "rolling" and v.scope in c.windows]
+    if not rolling or e.input is None:
+        return None
+    windows = dict(e.input["windows"])
+    for v in rolling:
+        span, key = c.windows[v.scope], c.keys[v.scope]
+        try:
+            units = ledger.totals([*c.reads.get(key, ()), key])
+        except LedgerError:
+            return None
+        at = span.leaves_enough_at(units, sum(units) + cost - v.limit_units)
+        if at is not None and cost <= v.limit_units:
+            windows[v.scope] = {**windows[v.scope], "resets_at": max(at, timestamp + 1)}
+    return windows

@@ -26,6 +26,10 @@ Metric names (namespace ``chio_budget``):
 - ``chio_budget_warnings_total{policy_id,scope,threshold}`` - soft-limit
   thresholds crossed, once per threshold, window and counter (``threshold``
   as written, ``0.8``: bounded by the policy's ``warn_at``).
+- ``chio_budget_policy_revision_info{policy_id,policy_revision,rego_revision}``
+  - 1 for the version in force (one series per policy: a reload replaces it),
+  with ``chio_budget_policy_loaded_timestamp_seconds{policy_id}`` and
+  ``chio_budget_reloads_total{policy_id,outcome}`` (``ok`` | ``failed``).
 - ``chio_budget_label_values_folded_total{label}`` - observations whose
   label value was folded into ``other`` because the cap was reached.
 
@@ -126,6 +130,14 @@ class BudgetMetrics:
                                   namespace=ns, registry=r)
         self.warnings = Counter("warnings", "Soft-limit thresholds crossed (once per threshold, window, counter)",
                                 ["policy_id", "scope", "threshold"], namespace=ns, registry=r)
+        self.policy_info = Gauge("policy_revision_info", "The policy version in force (value 1)",
+                                 ["policy_id", "policy_revision", "rego_revision"], namespace=ns, registry=r)
+        self.policy_loaded = Gauge("policy_loaded_timestamp_seconds", "When the version in force was loaded",
+                                   ["policy_id"], namespace=ns, registry=r)
+        self.reloads = Counter("reloads", "Policy reloads by outcome", ["policy_id", "outcome"],
+                               namespace=ns, registry=r)
+        self._in_force: dict[str, tuple[str, str]] = {}
+        self._info_lock = threading.Lock()
 
     # -- recording (called by the chain guard) ------------------------------
 
@@ -147,6 +159,20 @@ class BudgetMetrics:
     def observe_warning(self, policy_id: str, scope: str, threshold_bps: int) -> None:
         """One crossing; ``threshold`` is the fraction as written (``0.8``), a bounded label."""
         self.warnings.labels(policy_id, self._caps["scope"](scope), f"{threshold_bps / 10000:g}").inc()
+    def set_policy(self, policy_id: str, policy_revision: str | None, rego_revision: str | None,
+                   loaded_at: float) -> None:
+        """The version in force for ``policy_id``: its info series replaces the previous one."""
+        labels = (policy_revision or "", rego_revision or "")
+        with self._info_lock:
+            old = self._in_force.get(policy_id)
+            if old is not None and old != labels:
+                self.policy_info.remove(policy_id, *old)
+            self._in_force[policy_id] = labels
+            self.policy_info.labels(policy_id, *labels).set(1)
+        self.policy_loaded.labels(policy_id).set(loaded_at)
+
+    def observe_reload(self, policy_id: str, ok: bool) -> None:
+        self.reloads.labels(policy_id, "ok" if ok else "failed").inc()
 
     def set_open(self, policy_id: str, n: int) -> None:
         self.reservations_open.labels(policy_id).set(n)

@@ -21,8 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .cost import CostMetadata
 from .counters import RequestCounters
 from .decision import Decision
+from .errors import LedgerError
 from .limits import BPS
 
 MARK_GRACE_SECONDS = 86400.0
@@ -97,3 +99,17 @@ def mark_ttl(counters: RequestCounters, scope: str, timestamp: int) -> float | N
     if span is None or span.resets_at is None:
         return None
     return max(span.resets_at - timestamp, 0) + MARK_GRACE_SECONDS
+
+
+def emit_crossings(ledger: Any, policy_id: str, meta: CostMetadata, counters: RequestCounters,
+                   decision: Decision) -> tuple[tuple[WarningEvent, ...], int]:
+    """The crossings this process is the first to mark (``ledger.mark_once``), and how many
+    marks failed (a ``LedgerError``: that warning is skipped, so it is emitted at most once)."""
+    emitted, failures = [], 0
+    for ev in crossings(decision, counters, policy_id, meta.receipt_id):
+        try:
+            if ledger.mark_once(ev.mark, mark_ttl(counters, ev.scope, meta.timestamp)):
+                emitted.append(ev)
+        except LedgerError:
+            failures += 1
+    return tuple(emitted), failures
