@@ -267,5 +267,8 @@ _ordered_violations := array.concat(
 # in sorted order, and two warnings of one scope differ only there).
 _ordered_warnings := array.concat(
 	[w | some scope in _builtin_scopes; some w in warning; w.scope == scope],
-	[w | some w in warning; not w.scope in _builtin_scopes],
+	[w | some w in warning; not _builtin(w)],
 )
+
+# A warning (or violation) of a built-in scope; one without a scope is not.
+_builtin(x) if x.scope in _builtin_scopes

@@ -231,6 +231,13 @@ test_contributed_warnings_come_after_the_builtin_scopes if {
 	[w.scope | some w in d.warnings] == ["total", "agent", "a_custom"]
 }
 
+test_contributed_warnings_without_a_scope_are_kept if {
+	d := budget.decision with input as _input("t1", 1, _zero)
+		with data.chio.budget.policies as {"team": _team}
+		with budget.warning as {{"message": "no scope"}, {"scope": "total", "threshold": 0.8}}
+	d.warnings == [{"scope": "total", "threshold": 0.8}, {"message": "no scope"}]
+}
+
 # -- what the input must carry ----------------------------------------------------
 
 test_windowed_limit_without_its_window_denies_as_invalid_input if {
