@@ -52,7 +52,7 @@ def main() -> None:
         model.record(m, 3)
     timed(lambda i: guard.check(metas[i], 5), 300)  # warm-up
     base = report("rust model check (python)", timed(lambda i: model.check(metas[i], 5), n))
-    inp = guard.build_input(metas[0], 5, {"total": 10, "session": 10, "agent": 10, "tool": 10})
+    inp = guard.build_input(metas[0], 5, {"total": 10, "session": 10, "agent": 10, "tool": 10}, policy=guard.policy)
     report("engine.decide (embedded)", timed(lambda i: guard.engine.decide(inp), n), base)
     report("guard.check", timed(lambda i: guard.check(metas[i], 5), n), base)
 
