@@ -152,3 +152,11 @@ def test_replay_at_is_validated(tmp_path):
     r = subprocess.run([sys.executable, "-m", "chio_budget.cli", "replay", str(events), "--policies",
                         str(POLICIES_DIR), "--policy-id", "team-monthly"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith(f"{events}:1: at: must be >= 0, got -1")
+
+
+def test_check_command_locates_a_timestamp_no_window_can_hold(tmp_path):
+    m = {"receipt_id": "r1", "timestamp": MIDNIGHT * 1000, "agent_id": "a1", "tool_server": "llm",
+         "tool_name": "complete"}
+    r = subprocess.run([sys.executable, "-m", "chio_budget.cli", "check", "--meta", json.dumps(m), "--cost", "1",
+                        "--policies", str(POLICIES_DIR), "--policy-id", "team-monthly"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("--meta: timestamp: timestamp 1773010800000 cannot be placed")
