@@ -23,12 +23,14 @@ PACKAGE = ROOT / "plugin" / "chio_budget"
 # ``engines`` a module may also import its own subpackage (checked for circles below).
 TIERS: list[set[str]] = [
     {"errors", "text"},
-    {"currencies", "yamlsafe", "watch", "rego_source", "rego_metadata"},
+    {"currencies", "yamlsafe", "watch", "windows", "rego_source", "rego_metadata"},
     {"money"},
-    {"policy", "cost", "decision", "kernel", "rates", "rego_files", "metrics", "regotest_load", "bundle_sign"},
+    {"limits"},
+    {"policy", "cost", "decision", "kernel", "settlement", "rates", "rego_files", "metrics", "regotest_load",
+     "bundle_sign"},
     {"conversion", "compiler", "rust_model", "rates_file", "regotest_plan", "ledger"},
-    {"actual_cost", "authorization", "engines", "bundle", "decisionlog", "regotest"},
-    {"reload", "regotest_report"},
+    {"actual_cost", "authorization", "engines", "bundle", "decisionlog", "counters", "regotest"},
+    {"reload", "soft_limits", "opa_input", "regotest_report"},
     {"guard", "shadow", "chain", "wasm"},
     {"chain_guard"},
     {"replay", "demo", "cli_rates", "cli_regotest", "cli_bundle"},

@@ -22,6 +22,7 @@ from chio_budget.chain_guard import BudgetChainGuard
 from chio_budget.cli import app
 from chio_budget.decisionlog import DecisionLog, chio_budget_version, explain, find_decision, read_events
 from chio_budget.engines.mask import LogMask
+from chio_budget.policy import parse_policy
 from support.chain import budget, ctx
 from support.guards import POLICIES_DIR, guard_for, rust_policy
 
@@ -91,6 +92,31 @@ def test_every_event_of_a_call_validates_has_its_own_id_and_links_to_its_decisio
         ns = e["metrics"]["timer_rego_query_eval_ns"]
         assert type(ns) is int and ns > 0 and ns == e["chio"]["client_wall_ns"]
     assert "metrics" not in settle and settle["input"]["request"]["agent_id"] == "a1"
+
+
+def test_a_warning_event_links_to_its_decision_and_a_mask_reaches_its_agent_ids(tmp_path):
+    d = tmp_path / "mask"
+    d.mkdir()
+    (d / "mask.rego").write_text(textwrap.dedent(AGENT_MASK).lstrip() + textwrap.dedent("""
+        mask contains "/input/counter" if contains(input.input.counter, "/agent/")
+
+        mask contains sprintf("/result/warnings/%d/agent_id", [i]) if input.result.warnings[i].agent_id
+    """))
+    policy = parse_policy("id: soft\ncurrency: USD\nmax_total: 1000\nmax_per_agent: {units: 600, warn_at: [0.5]}\n",
+                          "soft.yaml")
+    events: list[dict] = []
+    mask = LogMask(d)
+    try:
+        b = BudgetChainGuard(guard_for(policy), decision_log=DecisionLog(events.append, mask=mask))
+        assert b.evaluate(ctx("r1", cost_estimate=400)).verdict == "allow"
+    finally:
+        mask.close()
+    assert kinds(events) == ["decision", "warning"] and [errors(e) for e in events] == [[], []]
+    decision, warning = events
+    assert warning["chio"]["parent_decision_id"] == decision["decision_id"] != warning["decision_id"]
+    assert (warning["chio"]["scope"], warning["chio"]["threshold_bps"]) == ("agent", 5000)
+    assert warning["erased"] == ["/input/counter", "/result/warnings/0/agent_id"]
+    assert "a1" not in json.dumps(warning) and "a1" not in json.dumps(decision["result"])
 
 
 def test_labels_get_a_fresh_instance_id_and_our_version_as_opa_does():

@@ -47,6 +47,12 @@ class Evaluation:
     rego_revision: str | None = None
     opa_eval_ns: int | None = None
 
+    def then(self, again: "Evaluation") -> "Evaluation":
+        """``again`` (a second evaluation of the same call), timed as both together."""
+        return Evaluation(again.decision, again.input, (self.eval_ns or 0) + (again.eval_ns or 0), self.conversion,
+                          again.rego_revision,
+                          None if again.opa_eval_ns is None else (self.opa_eval_ns or 0) + again.opa_eval_ns)
+
 
 @dataclass
 class Authorization:
@@ -81,6 +87,9 @@ class Authorization:
     """The rate oracle in force when it was authorized (a foreign actual cost is converted with it)."""
     currency: str = ""
     """The policy currency it was authorized in."""
+    warnings_emitted: tuple[Any, ...] = ()
+    """Soft-limit thresholds this reservation crossed first (``soft_limits.WarningEvent``; each
+    also told to the guard's ``warning`` hooks)."""
     opa_eval_ns: int | None = None
     """OPA's own evaluation time, where the engine reports one (see ``Evaluation``)."""
 

@@ -1,31 +1,18 @@
 """Decision log: one JSON line per budget decision, each one OPA's ``EventV1``.
 
-Every event is an object on one line with the fields of OPA's decision-log
-event (``v1/plugins/logs/plugin.go``, ``EventV1``), validated by the JSON
-schema shipped as ``chio_budget/schemas/decision-event-v1.schema.json``:
-
-- each event has its own ``decision_id``; a settlement or shadow event points
-  at the decision it follows with ``chio.parent_decision_id`` (``explain``
-  follows the link);
-- ``labels`` always hold ``id`` (this log's instance id: ``labels={"id": ...}``
-  or a UUID, as ``opa run --id``) and ``version`` (the chio-budget version,
-  which, as OPA does with its own, overrides a given one);
-- ``bundles`` is keyed by the bundle name (``bundle_name``, ``chio/budget``)
-  with the revision of its ``.manifest`` (``chio-budget bundle`` writes the
-  same revision);
-- ``metrics.timer_rego_query_eval_ns`` is an integer on every evaluation:
-  OPA's own timer on the server engine (asked with ``?metrics``), the wall
-  time of the evaluation call on the embedded engine (it has no timer of its
-  own), 0 when OPA was not asked; ``chio.client_wall_ns`` is always the
-  wall time of the call as the guard saw it;
-- ``chio`` holds what OPA does not know: ``event`` (``decision`` |
-  ``settlement`` | ``shadow``), the request id, the guard's verdict, the
-  estimate and where it came from. A settlement event's ``input`` is the
-  request the decision was made on (so one mask rule covers every event).
-- ``mask`` (e.g. ``engines.mask.LogMask``: ``data.system.log.mask`` rules, as
-  OPA's ``decision_logs.mask_decision``) erases or overwrites ``/input/...``
-  and ``/result/...`` paths before an event is written, listing them in
-  ``erased``/``masked``; a mask that fails is a failed write.
+Every event has the fields of OPA's decision-log event (``v1/plugins/logs/plugin.go``)
+and validates against ``chio_budget/schemas/decision-event-v1.schema.json``
+(docs/chain.md, "Decision log"): its own ``decision_id`` (a settlement, shadow
+or warning event links to its decision with ``chio.parent_decision_id``);
+``labels`` with ``id`` (given or a UUID) and ``version`` (ours, as OPA sets
+its own); ``bundles`` keyed by bundle name with the ``.manifest`` revision;
+an integer ``metrics.timer_rego_query_eval_ns`` on every evaluation (OPA's
+own on the server engine, the call's wall time on the embedded one, 0 when
+OPA was not asked; ``chio.client_wall_ns`` the call's wall time); ``chio``
+with what OPA does not know (``event``: decision | settlement | shadow |
+warning, request id, verdict, estimate). What might name an agent is under
+``input``/``result``, where a ``mask`` (``engines.mask.LogMask``:
+``data.system.log.mask`` rules) erases or overwrites it before writing.
 
 Promises:
 
@@ -75,7 +62,7 @@ def chio_budget_version() -> str:
 
 
 def event_kind(ev: dict[str, Any]) -> str:
-    """``decision`` | ``settlement`` | ``shadow`` (also of logs written before ``chio.event``)."""
+    """``decision`` | ``settlement`` | ``shadow`` | ``warning`` (also of logs written before ``chio.event``)."""
     return str((ev.get("chio") or {}).get("event") or ev.get("type") or "decision")
 
 
@@ -255,6 +242,19 @@ class DecisionLog:
             ev["chio"].update(extra)
         return ev
 
+    def warning_event(self, *, parent_decision_id: str | None, request_id: str, policy_id: str, counter: str,
+                      threshold_bps: int, warning: dict[str, Any], guard: str) -> dict[str, Any]:
+        """A soft-limit crossing, written once per threshold, window and counter when an allowed
+        reservation first reaches it. ``input.counter`` is the ledger key and ``result.warnings``
+        the decision's warning, where the decision event has them (one mask rule covers both)."""
+        ev = self._envelope(None)
+        ev["input"] = {"policy_id": policy_id, "counter": counter}
+        ev["result"] = {"warnings": [dict(warning)]}
+        ev["chio"] = {"event": "warning", **({PARENT: parent_decision_id} if parent_decision_id else {}),
+                      "guard": guard, "request_id": request_id, "policy_id": policy_id,
+                      "scope": warning.get("scope"), "threshold_bps": threshold_bps}
+        return ev
+
     # -- writing ------------------------------------------------------------
 
     def write(self, event: dict[str, Any]) -> None:
@@ -307,9 +307,9 @@ def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
 
 
 def find_decision(events: Iterable[dict[str, Any]], decision_id: str) -> list[dict[str, Any]]:
-    """The decision with this id and every event (shadow, settlement) whose parent it is.
+    """The decision with this id and every event (shadow, warning, settlement) whose parent it is.
 
-    The id of a settlement or shadow event finds its decision the same way.
+    The id of one of those events finds its decision the same way.
     Logs written before ``chio.parent_decision_id`` (every event of a decision
     sharing its id) are found too."""
     evs = list(events)
@@ -332,6 +332,10 @@ def explain(events: list[dict[str, Any]]) -> str:
         lines += _explain_decision(ev)
     for ev in by_type.get("shadow", []):
         lines += _explain_shadow(ev)
+    for ev in by_type.get("warning", []):
+        c, w = ev.get("chio") or {}, ((ev.get("result") or {}).get("warnings") or [{}])[0]
+        lines.append(f"  warning   {c.get('scope', '-')} crossed {(c.get('threshold_bps') or 0) / 100:g}%"
+                     f" of its limit ({(ev.get('input') or {}).get('counter', '-')}): {json.dumps(w)}")
     for ev in by_type.get("settlement", []):
         lines += _explain_settlement(ev)
     if not by_type.get("decision"):
