@@ -16,6 +16,7 @@ import typer
 from pydantic import ValidationError
 
 from .errors import ChioBudgetError, InputError, PolicyError
+from .toolkit.cli import register as register_toolkit
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
@@ -197,6 +198,9 @@ def explain(decision_id: str = typer.Argument(..., help="decision_id from a deci
     if not events:
         _fail(f"{log}: no event with decision_id {decision_id!r}", 1)
     typer.echo(render_explain(events))
+
+
+register_toolkit(app)  # report, sample-log, lint, simulate, diff, ledger (issue 12)
 
 
 def main() -> None:
