@@ -10,6 +10,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from . import cli_report
+    from . import cli_lint, cli_report
 
     cli_report.register(app)
+    cli_lint.register(app)

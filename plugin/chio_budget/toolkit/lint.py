@@ -1,0 +1,192 @@
+"""``chio-budget lint policies/ rego/``: every check a change should pass, one summary.
+
+In order: the YAML policies (located errors), their compilation to the Rego
+data document, the Rego loaded into the embedded OPA with that data (parse
+and compile errors as ``file:row:col``) and the decision evaluated once per
+policy (it must be defined and well-formed), the Rego tests (through
+``regotest.run``, the ``opa test`` stand-in), and - only with a real ``opa``
+binary (``OPA_BIN``, then ``PATH``) - ``opa check --strict`` and
+``opa fmt --list``. A check whose input failed is skipped, not failed twice.
+
+Columns: OPA prints a parse error with the source line and a caret, so its
+column is exact; a compile error carries only a row, so its column is that of
+the name the message is about on that row (else the row's first character).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opa_bindings import OpaEngine, OpaError
+
+from ..errors import PolicyError
+
+_ERROR = re.compile(r"^(?P<file>.+?):(?P<row>\d+): (?P<code>rego_\w+): (?P<msg>.*)$")
+_NAMED = re.compile(r"(?:undefined function|undefined ref:|var|rule|conflicting rules|function) ([\w.\[\]\"]+)")
+
+
+@dataclass
+class Check:
+    """One line of the summary: ``status`` is ``ok``, ``failed`` or ``skipped``."""
+
+    name: str
+    status: str
+    summary: str
+    details: list[str] = field(default_factory=list)
+
+
+def opa_binary() -> str | None:
+    return os.environ.get("OPA_BIN") or shutil.which("opa")
+
+
+def _column(source_line: str, caret: str | None, msg: str) -> int:
+    if caret is not None:  # OPA trims the line's leading tabs and shifts the caret by as many
+        tabs = len(source_line) - len(source_line.lstrip("\t"))
+        return caret.index("^") + tabs + 1
+    m = _NAMED.search(msg)
+    if m:
+        name = m.group(1).split(".")[-1].strip('"[]')
+        at = source_line.find(name) if name else -1
+        if at >= 0:
+            return at + 1
+    return len(source_line) - len(source_line.lstrip()) + 1
+
+
+def locate(message: str, sources: dict[str, str]) -> list[str]:
+    """OPA's error text -> ``file:row:col: code: message`` lines (column worked out from the source)."""
+    out: list[str] = []
+    lines = message.split("\n")
+    for i, line in enumerate(lines):
+        m = _ERROR.match(line.split("error occurred: ")[-1].split("errors occurred: ")[-1])
+        if not m:
+            continue
+        row = int(m["row"])
+        src = sources.get(m["file"], "").split("\n")
+        source_line = src[row - 1] if 0 < row <= len(src) else ""
+        caret = lines[i + 2][1:] if i + 2 < len(lines) and lines[i + 2].lstrip("\t ").startswith("^") else None
+        out.append(f"{m['file']}:{row}:{_column(source_line, caret, m['msg'])}: {m['code']}: {m['msg']}")
+    return out or [message]
+
+
+def check_policies(policies_dir: Path) -> tuple[Check, Any]:
+    from ..policy import load_policies
+
+    try:
+        loaded = load_policies(policies_dir)
+    except PolicyError as exc:
+        return Check("policies", "failed", f"{len(exc.errors)} error(s)", list(exc.errors)), None
+    ids = ", ".join(sorted(loaded))
+    return Check("policies", "ok", f"{len(loaded)} polic{'y' if len(loaded) == 1 else 'ies'} ({ids})"), loaded
+
+
+def check_compile(policies: Any) -> tuple[Check, dict | None]:
+    from ..compiler import data_document, data_revision
+
+    if policies is None:
+        return Check("compile", "skipped", "the policies did not load"), None
+    return Check("compile", "ok", f"data revision {data_revision(policies)[:19]}..."), data_document(policies)
+
+
+def check_rego(rego_dir: Path, data: dict | None) -> Check:
+    """Parse every file, compile them together with the data, evaluate the decision per policy."""
+    files = sorted(rego_dir.rglob("*.rego"))
+    if not files:
+        return Check("rego", "failed", "no .rego files", [f"{rego_dir}:1:1: no .rego files"])
+    sources = {f.as_posix(): f.read_text(encoding="utf-8") for f in files}
+    errors: list[str] = []
+    with OpaEngine() as opa:
+        opa.print_handler = lambda _m, _l: None
+        for name, src in sources.items():
+            try:
+                opa.eval_query("m := rego.parse_module(input.name, input.src)", {"name": name, "src": src})
+            except OpaError as exc:
+                errors += locate(exc.message, sources)
+        if errors:
+            return Check("rego", "failed", f"{len(errors)} parse error(s)", errors)
+        try:
+            for name, src in sources.items():
+                opa.add_policy(name, src)
+            opa.add_data(data or {})
+            opa.eval_query("x := data.chio.budget.decision")
+        except OpaError as exc:
+            errors = locate(exc.message, sources)
+            return Check("rego", "failed", f"{len(errors)} compile error(s)", errors)
+        errors = _probe_decisions(opa, data)
+    if errors:
+        return Check("rego", "failed", "the decision is not well-formed", errors)
+    return Check("rego", "ok", f"{len(files)} file(s) parse and compile; decision defined for every policy")
+
+
+def _probe_decisions(opa: OpaEngine, data: dict | None) -> list[str]:
+    """Each policy's decision on a zero-cost call must be defined and of the contract's shape."""
+    from ..decision import Decision
+
+    errors = []
+    for pid, entry in ((data or {}).get("chio", {}).get("budget", {}).get("policies", {})).items():
+        probe = {"policy_id": pid,
+                 "request": {"receipt_id": "lint", "timestamp": 0, "agent_id": "lint", "session_id": None,
+                             "tool_server": "lint", "tool_name": "probe", "tool_key": "lint:probe"},
+                 "cost": {"units": 0, "currency": entry.get("currency")},
+                 "totals": {"total": 0, "session": None, "agent": 0, "tool": None}}
+        try:
+            d = Decision.from_opa(opa.eval_document("chio.budget.decision", probe), pid)
+        except OpaError as exc:
+            errors.append(f"data.chio.budget.decision for policy {pid!r}: {exc.message}")
+            continue
+        if d.error is not None:
+            errors.append(f"data.chio.budget.decision for policy {pid!r}: {d.error}")
+    return errors
+
+
+def check_rego_tests(rego_dir: Path) -> Check:
+    from ..regotest import run
+
+    result = run(rego_dir)
+    failed = [f"{t.file}: {t.ref}: {t.outcome} {t.detail}".rstrip() for t in result.tests
+              if t.outcome in ("FAIL", "ERROR")]
+    passed, skipped = result.count("PASS"), result.count("SKIPPED")
+    summary = f"{passed} passed, {len(failed)} failed" + (f", {skipped} skipped" if skipped else "")
+    if result.ok and result.tests:
+        return Check("rego tests", "ok", summary)
+    return Check("rego tests", "failed", summary if result.tests else "no tests found", result.errors + failed)
+
+
+def check_opa(opa: str | None, rego_dir: Path) -> list[Check]:
+    """``opa check --strict`` and ``opa fmt --list`` with a real binary; skipped without one."""
+    if opa is None:
+        why = "no opa binary (set OPA_BIN or put opa on PATH)"
+        return [Check("opa check --strict", "skipped", why), Check("opa fmt --list", "skipped", why)]
+    out = []
+    check = _run([opa, "check", "--strict", str(rego_dir)])
+    out.append(Check("opa check --strict", "ok" if check.returncode == 0 else "failed",
+                     "no issues" if check.returncode == 0 else "issues found", _lines(check)))
+    fmt = _run([opa, "fmt", "--list", str(rego_dir)])
+    unformatted = [f"{f}: not formatted (run: opa fmt -w {f})" for f in fmt.stdout.split()]
+    ok = fmt.returncode == 0 and not unformatted
+    out.append(Check("opa fmt --list", "ok" if ok else "failed", "formatted" if ok else
+                     f"{len(unformatted)} file(s) to format", unformatted or ([] if ok else _lines(fmt))))
+    return out
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return subprocess.CompletedProcess(argv, 127, "", f"{argv[0]}: {exc}")
+
+
+def _lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+
+
+def lint(policies_dir: Path, rego_dir: Path, *, opa: str | None = None) -> list[Check]:
+    """Every check, in order; ``opa`` is the binary to use (None: none)."""
+    pol, loaded = check_policies(policies_dir)
+    comp, data = check_compile(loaded)
+    return [pol, comp, check_rego(rego_dir, data), check_rego_tests(rego_dir), *check_opa(opa, rego_dir)]
