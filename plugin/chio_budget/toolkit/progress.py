@@ -23,9 +23,10 @@ class LogProgress:
     """Call it with ``(records, bytes_done)``; use as a context manager so the bar is closed."""
 
     def __init__(self, total_bytes: int | None, *, label: str = "reading", threshold: int = THRESHOLD,
-                 console: Console | None = None):
+                 console: Console | None = None, enabled: bool = True):
+        """``total_bytes``: what ``done`` counts up to (bytes, or calls for a run whose size is known)."""
         self.console = console or Console(stderr=True)
-        self.enabled = self.console.is_terminal
+        self.enabled = enabled and self.console.is_terminal
         self.total = total_bytes
         self.label = label
         self.threshold = threshold

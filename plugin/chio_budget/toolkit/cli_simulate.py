@@ -1,0 +1,113 @@
+"""``chio-budget simulate`` and ``chio-budget diff``: a budget change against real traffic.
+
+Exit codes - simulate: 0 simulated (denies are results, not failures), 2 bad
+input (a malformed or unpriceable record as ``file:line: field: problem``,
+a bad policy/Rego/option, a ledger that is not new). diff: 0 the two
+configurations decide every call the same, 1 they differ, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from ..cli import POLICIES, POLICY_ID, REGO_DIR
+from ..errors import ChioBudgetError
+from .cli_report import RECEIPTS, SKIP_BAD, fail, print_bad
+from .ordering import DEFAULT_RUN_SIZE
+
+ASSUME_SORTED = typer.Option(False, "--assume-sorted",
+                             help="stream the log as it is; stop at the first record out of timestamp order")
+COST_FIELD = typer.Option(None, "--cost-field",
+                          help="dotted path of the cost in each record (default: total_monetary_cost)")
+RATES = typer.Option([], "--rate", help="CUR=RATE: policy-currency units per one CUR (repeatable), e.g. EUR=1.08")
+SORT_RUN = typer.Option(DEFAULT_RUN_SIZE, "--sort-run", min=1, help="calls sorted in memory at once; "
+                        "larger logs are sorted externally (env CHIO_SORT_DIR: where the runs go)")
+SIM_LEDGER = typer.Option("memory", "--ledger", help="memory, or sqlite:///new.db (a new, empty file; "
+                          "never a live ledger)")
+
+
+def _check_rates(rates: list[str]) -> None:
+    from .calls import parse_rates
+
+    try:
+        parse_rates(rates)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def simulate(receipts: list[str] = RECEIPTS, policies: Path = POLICIES, policy_id: str = POLICY_ID,
+             rego_dir: Optional[Path] = REGO_DIR, ledger: str = SIM_LEDGER, assume_sorted: bool = ASSUME_SORTED,
+             cost_field: Optional[str] = COST_FIELD, rate: list[str] = RATES, skip_bad: bool = SKIP_BAD,
+             json_out: bool = typer.Option(False, "--json", help="the result as one JSON object"),
+             chart: Optional[Path] = typer.Option(None, "--chart", help="write a PNG: cumulative spend per scope, "
+                                                  "limits, denies ([charts] extra)"),
+             html_out: Optional[Path] = typer.Option(None, "--html", help="write a one-page HTML report "
+                                                     "with the chart"),
+             sort_run: int = SORT_RUN) -> None:
+    """Replay receipt logs through the guard (embedded OPA, fresh ledger), in timestamp order:
+    each record is authorize + commit of its cost. Reports calls allowed/denied by scope, spend per
+    agent/session/tool against the limits, the first denial per scope, and the warnings.
+    """
+    from .simrun import SimSpec, env_progress, simulate_spec
+
+    _check_rates(rate)
+    if chart is not None or html_out is not None:
+        _require_matplotlib()
+    spec = SimSpec(tuple(receipts), str(policies), policy_id, None if rego_dir is None else str(rego_dir), ledger,
+                   assume_sorted, cost_field, tuple(rate), skip_bad, sort_run, env_progress())
+    try:
+        sim, inputs = simulate_spec(spec)
+    except ChioBudgetError as exc:
+        fail(str(exc))
+    result, inp = sim.result(), inputs.to_json()
+    png = _chart(sim, chart) if chart is not None or html_out is not None else None
+    if html_out is not None:
+        from .simviews import html_page
+
+        _write(html_out, html_page(result, inp, png).encode("utf-8"))
+    if json_out:
+        typer.echo(json.dumps({**result, "input": inp}, separators=(",", ":")))
+    else:
+        from .simviews import rich_view
+
+        Console(soft_wrap=True).print(rich_view(result, inp))
+        for path in (chart, html_out):
+            if path is not None:
+                typer.echo(f"wrote {path}", err=True)
+    print_bad(inputs.bad)
+
+
+def _require_matplotlib() -> None:
+    from .charts import _matplotlib
+
+    try:
+        _matplotlib()
+    except ChioBudgetError as exc:
+        fail(str(exc))
+
+
+def _chart(sim, path: Optional[Path]) -> bytes:
+    from .charts import draw
+
+    png = draw(sim)
+    if path is not None:
+        _write(path, png)
+    return png
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        fail(f"{path}: cannot write: {exc.strerror or exc}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("simulate", epilog="Exit codes: 0 simulated (denies are results); 2 bad input "
+                                   "(file:line: field: problem), bad policy/Rego/option, or a ledger that is "
+                                   "not new.")(simulate)
