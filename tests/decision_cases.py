@@ -29,6 +29,7 @@ class DecisionCase:
 
 def engine_input(policy: BudgetPolicy, meta: CostMetadata, cost: int, model: RustEnforcer,
                  currency: str | None = None) -> dict[str, Any]:
+    """The input the guard builds: ``null`` for a scope no limit reads (the guard keeps no counter there)."""
     key = f"{meta.tool_server}:{meta.tool_name}"
     return {
         "policy_id": policy.id,
@@ -36,9 +37,10 @@ def engine_input(policy: BudgetPolicy, meta: CostMetadata, cost: int, model: Rus
         "cost": {"units": cost, "currency": currency or policy.currency},
         "totals": {
             "total": model.total_spent,
-            "session": model.session_spent.get(meta.session_id, 0) if meta.session_id is not None else None,
-            "agent": model.agent_spent.get(meta.agent_id, 0),
-            "tool": model.tool_spent.get(key, 0),
+            "session": (model.session_spent.get(meta.session_id, 0)
+                        if meta.session_id is not None and policy.max_per_session is not None else None),
+            "agent": model.agent_spent.get(meta.agent_id, 0) if policy.max_per_agent is not None else None,
+            "tool": model.tool_spent.get(key, 0) if key in policy.max_per_tool else None,
         },
     }
 
@@ -91,7 +93,8 @@ CASES: list[DecisionCase] = [
                      {"scope": "custom", "code": "invalid_input", "message": m} for m in sorted([
                          "cost.currency must be a string", "cost.units must be an integer >= 0",
                          "request.agent_id must be a string", "request.tool_key must be a string",
-                         "totals.agent must be an integer >= 0", "totals.tool must be an integer >= 0",
+                         "totals.agent must be an integer >= 0",
+                         "totals.tool must be an integer >= 0 or null (no tool limit applies)",
                          "totals.total must be an integer >= 0"])]}),
     DecisionCase("currency_mismatch", data_document({_P.id: _P}),
                  engine_input(_P, _m(), 1, RustEnforcer(_P), currency="EUR"),

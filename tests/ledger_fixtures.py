@@ -329,3 +329,57 @@ def crash_child(uri: str, log_path: str, seed: int) -> None:
         elif rnd.random() < 0.5:
             a.release()
         # else: walk away; the reservation must expire, never count as spend
+
+
+# -- fault injection over a real ledger ------------------------------------------------------
+
+
+class Faulty:
+    """A real ledger whose chosen operations fail with ``LedgerError``.
+
+    ``reserve_fails="after"``: the reservation is made, then the call fails
+    (a reply lost to a timeout); ``"before"``: it fails without running.
+    ``release_fails=True``: every release fails without running. Everything
+    else goes to the real ledger underneath.
+    """
+
+    def __init__(self, inner, *, reserve_fails: str | None = None, release_fails: bool = False):
+        self.inner, self.reserve_fails, self.release_fails = inner, reserve_fails, release_fails
+        self.releases: list[tuple[str, str | None]] = []
+
+    def reserve(self, receipt_id, keys, cost, ttl=None, **kw):
+        from chio_budget.errors import LedgerError
+
+        if self.reserve_fails == "before":
+            raise LedgerError("injected: reserve failed before running")
+        r = self.inner.reserve(receipt_id, keys, cost, ttl, **kw)
+        if self.reserve_fails == "after":
+            raise LedgerError("injected: reserve ran, its reply was lost")
+        return r
+
+    def release(self, receipt_id, **kw):
+        from chio_budget.errors import LedgerError
+
+        self.releases.append((receipt_id, kw.get("attempt")))
+        if self.release_fails:
+            raise LedgerError("injected: release failed")
+        return self.inner.release(receipt_id, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def late_commit_worker(uri: str, receipt_id: str, go_file: str, skew: float) -> str:
+    """One process of the late-commit test: wait for the go file, commit ``receipt_id`` with a
+    clock ``skew`` seconds ahead (past its TTL); the outcome."""
+    import time as _time
+
+    from chio_budget.ledger import open_ledger
+
+    ledger = open_ledger(uri, clock=lambda: _time.time() + skew)
+    try:
+        while not os.path.exists(go_file):
+            _time.sleep(0.002)
+        return ledger.commit(receipt_id).outcome
+    finally:
+        ledger.close()

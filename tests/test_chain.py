@@ -135,7 +135,7 @@ def test_allow_holds_a_reservation_keyed_by_request_id():
     assert details["decision"]["allow"] is True and details["decision"]["violations"] == []
     assert details["decision"]["policy_revision"].startswith("sha256:")
     assert b.open_holds() == 1 and b.guard.ledger.open_reservations() == 1
-    assert b.guard.total_spent() == 200  # held counts against the budget while the call runs
+    assert b.guard.total_held() == 200  # held counts against the budget while the call runs
 
 
 def test_budget_deny_evidence_carries_the_decision_json():
@@ -449,7 +449,7 @@ def test_spend_always_equals_commits_plus_holds_and_never_exceeds_allowed(steps)
                 committed += expected
             else:
                 assert not r.changed
-        assert b.guard.total_spent() == committed + sum(holds.values())
+        assert (b.guard.total_spent(), b.guard.total_held()) == (committed, sum(holds.values()))
         assert b.open_holds() == len(holds)
         # Allowed holds never push the counters over the limit (actuals above estimates may).
         assert sum(holds.values()) <= 1000
@@ -462,5 +462,5 @@ def test_a_retried_evaluation_keeps_the_first_reservation():
     assert d.verdict == "allow"
     assert d.evidence[0].details["estimate"]["units"] == 100
     assert "already held" in d.evidence[0].details["estimate"]["source"]
-    assert b.guard.total_spent() == 100 and b.open_holds() == 1
+    assert b.guard.total_held() == 100 and b.open_holds() == 1
     assert b.on_invocation_complete("r1").committed_units == 100

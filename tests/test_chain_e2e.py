@@ -112,7 +112,7 @@ def test_scripted_session_through_a_three_guard_chain(kind, tmp_path, request):
     by_id = {e["decision_id"]: e for e in decisions}
     assert all(s["decision_id"] in by_id for s in settlements)
     assert sum(s["chio"]["committed_units"] for s in settlements) == budget.guard.total_spent()
-    assert decisions[3]["input"]["totals"] == {"total": 330, "session": 330, "agent": 330, "tool": 250}
+    assert decisions[3]["input"]["totals"] == {"total": 330, "session": 330, "agent": 330, "tool": None}
 
     # The metrics saw the same story.
     text = metrics.render().decode()

@@ -23,7 +23,7 @@ def test_chain_guard_over_an_opa_server_logs_and_fails_closed(opa_server):  # no
         assert chain.on_invocation_complete("r1", 4)["budget"].committed_units == 4
         ok = events[0]
         assert ok["chio"]["engine"] == "server" and ok["metrics"]["timer_rego_query_eval_ns"] > 0
-        assert ok["input"]["totals"] == {"total": 0, "session": 0, "agent": 0, "tool": 0}
+        assert ok["input"]["totals"] == {"total": 0, "session": 0, "agent": 0, "tool": None}
 
         opa_server.faults.set(status=500)  # OPA answers every decision with a 500
         d = chain.evaluate(ctx("r2"))

@@ -101,7 +101,7 @@ def test_check_reports_policy_errors_located(tmp_path):
     (tmp_path / "default.yaml").write_text("currency: USD\nmax_total: nope\n")
     r = run("check", "--meta", json.dumps(META), "--cost", 1, "--policies", tmp_path)
     assert r.exit_code == 2
-    assert f"{tmp_path}/default.yaml:2: max_total.units: must be an integer" in r.stderr
+    assert f"{tmp_path}/default.yaml:2: max_total.units: must be a plain decimal integer of minor units, got nope" in r.stderr
 
 
 def test_test_rego_passes_on_shipped_tests():
@@ -150,3 +150,16 @@ def test_real_opa_test_agrees_when_opa_is_installed(opa_bin):
     assert r.returncode == 0, r.stdout + r.stderr
     ours = run("test-rego", REGO_DIR)
     assert ours.stdout.rstrip().splitlines()[-2] in r.stdout  # same "PASS: n/n"
+
+
+def test_compile_to_a_directory_is_a_clear_error(policies_dir, tmp_path):
+    r = run("compile", policies_dir, "-o", tmp_path)
+    assert (r.exit_code, type(r.exception)) == (2, SystemExit)  # no traceback (it was IsADirectoryError)
+    assert r.stderr == f"{tmp_path}: cannot write the data document: is a directory\n"
+
+
+def test_compile_under_a_file_is_a_clear_error(policies_dir, tmp_path):
+    (tmp_path / "f").write_text("")
+    r = run("compile", policies_dir, "-o", tmp_path / "f" / "data.json")
+    assert (r.exit_code, type(r.exception)) == (2, SystemExit)
+    assert r.stderr.startswith(f"{tmp_path}/f/data.json: cannot write the data document: ")

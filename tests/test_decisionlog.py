@@ -39,7 +39,7 @@ def test_decision_event_has_the_opa_decision_log_shape(tmp_path):
         "request": {"receipt_id": "r1", "timestamp": 1000, "agent_id": "a1", "session_id": "sess-1",
                     "tool_server": "s1", "tool_name": "search", "tool_key": "s1:search"},
         "cost": {"units": 200, "currency": "USD"},
-        "totals": {"total": 0, "session": 0, "agent": 0, "tool": 0},
+        "totals": {"total": 0, "session": 0, "agent": 0, "tool": None},
     }
     assert ev["result"]["allow"] is True
     assert ev["bundles"]["chio/budget"]["revision"] == ev["result"]["policy_revision"]
@@ -143,7 +143,7 @@ def test_shadow_is_logged_and_diffed_but_never_enforced(tmp_path):
     assert second["result"]["violations"][0]["limit_units"] == 300
     # The shadow never reserved or recorded anything anywhere.
     assert strict.total_spent() == 0 and strict.ledger.open_reservations() == 0
-    assert b.guard.total_spent() == 400
+    assert (b.guard.total_spent(), b.guard.total_held()) == (200, 200)
     text = explain(find_decision(read_events(log), second["decision_id"]))
     assert "DISAGREES with enforced" in text and "shadow-only violation: total" in text
 

@@ -177,7 +177,8 @@ def test_sqlite_survives_sigkill_mid_run(tmp_path):
         if state == "committed":
             for k in json.loads(keys):
                 want[k] = want.get(k, 0) + int(amount)
-    have = {k: int(v) for k, v in conn.execute("SELECT key, units FROM counters")}
+    have = {k: int(v) for k, v in conn.execute("SELECT key, spent FROM counters")}
+    assert {h for (h,) in conn.execute("SELECT held FROM counters")} <= {"0"}, "nothing is held after the TTL"
     conn.close()
     assert {k: v for k, v in have.items() if v} == want, "counters differ from the sum of committed amounts"
     total_key = next(k for k in want if "/total/" in k)
@@ -196,11 +197,12 @@ class _CheckThenAct:
     def __init__(self, inner, barrier: threading.Barrier):
         self.inner, self.barrier = inner, barrier
 
-    def reserve(self, receipt_id, keys, cost, ttl=None):
+    def reserve(self, receipt_id, keys, cost, ttl=None, **kw):
+        from dataclasses import replace
+
         before = self.inner.totals(keys)
         self.barrier.wait()  # both requests have read; neither has added
-        r = self.inner.reserve(receipt_id, keys, cost, ttl)
-        return type(r)(r.receipt_id, r.keys, r.amount, tuple(before), r.expires_at, r.created, r.state)
+        return replace(self.inner.reserve(receipt_id, keys, cost, ttl, **kw), before=tuple(before))
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -253,24 +255,29 @@ class LedgerMachine(RuleBasedStateMachine):
         self.ledger = self.store.open(clock=self.clock)
         self.held: dict[str, tuple[tuple[str, ...], int, float]] = {}
         self.settled: dict[str, str] = {}
+        self.expired: dict[str, tuple[tuple[str, ...], int]] = {}  # what a late commit would post
         self.spent = dict.fromkeys(KEYS, 0)  # commits + adds
 
     def teardown(self):
         if hasattr(self, "store"):
             self.store.cleanup()
 
-    def _model_totals(self) -> list[int]:
-        live = dict(self.spent)
+    def _model_held(self) -> list[int]:
+        held = dict.fromkeys(KEYS, 0)
         for keys, amount, _ in self.held.values():
             for k in keys:
-                live[k] += amount
-        return [live[k] for k in KEYS]
+                held[k] += amount
+        return [held[k] for k in KEYS]
+
+    def _model_totals(self) -> list[int]:
+        return [self.spent[k] + h for k, h in zip(KEYS, self._model_held())]
 
     def _model_expire(self) -> set[str]:
         due = {rid for rid, (_, _, exp) in self.held.items() if exp <= self.clock.now}
         for rid in due:
-            del self.held[rid]
+            keys, amount, _ = self.held.pop(rid)
             self.settled[rid] = "expired"
+            self.expired[rid] = (keys, amount)
         return due
 
     @rule(rid=st.sampled_from(IDS), keys=st.lists(st.sampled_from(KEYS), min_size=1, max_size=4),
@@ -300,8 +307,15 @@ class LedgerMachine(RuleBasedStateMachine):
             for k in keys:
                 self.spent[k] += amount
             self.settled[rid] = "committed"
+        elif self.settled.get(rid) == "expired":  # past its TTL: posted now, exactly once
+            keys, amount = self.expired.pop(rid)
+            amount = amount if actual is None else actual
+            assert (s.outcome, s.amount) == ("committed_late", amount)
+            for k in keys:
+                self.spent[k] += amount
+            self.settled[rid] = "committed"
         else:
-            want = {"committed": "already_committed", "released": "already_released", "expired": "expired"}
+            want = {"committed": "already_committed", "released": "already_released"}
             assert s.outcome == want.get(self.settled.get(rid, ""), "unknown")
 
     @rule(rid=st.sampled_from(IDS))
@@ -335,6 +349,8 @@ class LedgerMachine(RuleBasedStateMachine):
     def totals_are_live_reservations_plus_commits(self):
         self._model_expire()
         assert self.ledger.totals(KEYS) == self._model_totals()
+        assert [(b.spent, b.held) for b in self.ledger.balances(KEYS)] == list(zip(
+            [self.spent[k] for k in KEYS], self._model_held()))
         assert self.ledger.open_reservations() == len(self.held)
 
 

@@ -1,4 +1,4 @@
-"""The wheel ships the Rego, so ``rego_dir=None`` works after ``pip install``."""
+"""The wheel ships the Rego, the Lua scripts and the SQL schema, so a ``pip install`` needs no source tree."""
 
 from __future__ import annotations
 
@@ -22,5 +22,8 @@ def test_wheel_contains_the_decision_policy(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "chio_budget/rego/chio/budget/decision.rego" in names
     assert "chio_budget/cli.py" in names
+    assert {f"chio_budget/ledger/lua/{n}.lua" for n in ("lib", "reserve", "commit", "release", "get", "balances",
+                                                         "add", "expire")} <= names
+    assert {"chio_budget/ledger/sql/schema.sql", "chio_budget/ledger/sql/migrate_v1.sql"} <= names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "chio-budget = chio_budget.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()

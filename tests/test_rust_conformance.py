@@ -176,8 +176,10 @@ def test_denied_request_records_nothing(guard):
     auth = guard.authorize(make_meta("a1", "s1", "t1", receipt="r2"), 200)
     assert not auth.allow
     assert guard.total_spent() == 2900
-    assert guard.ledger.totals(list(guard.counter_keys(meta).values())) == [2900, 2900, 2900, 2900]
-    assert guard.ledger.open_reservations() == 0
+    keys = guard.counter_keys(meta)
+    assert set(keys) == {"total", "session", "agent"}, "t1 is not a listed tool: no tool counter is kept"
+    assert guard.ledger.totals(list(keys.values())) == [2900, 2900, 2900]
+    assert (guard.total_held(), guard.ledger.open_reservations()) == (0, 0)
     assert auth.commit().outcome == "unknown"  # committing a denied authorization is a no-op
     assert guard.total_spent() == 2900
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from pydantic import ValidationError
 
 from .errors import ChioBudgetError, InputError, PolicyError
 from .toolkit.cli import register as register_toolkit
@@ -63,8 +62,13 @@ def compile_cmd(policies: Path = typer.Argument(Path("policies"), help="policy d
         data = compile_dir(policies)
     except PolicyError as exc:
         _fail(str(exc))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(data)
+    if output.is_dir():
+        _fail(f"{output}: cannot write the data document: is a directory")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_bytes(data)
+    except OSError as exc:
+        _fail(f"{output}: cannot write the data document: {exc.strerror or exc}")
     n = len(json.loads(data)["chio"]["budget"]["policies"])
     typer.echo(f"wrote {output} ({n} polic{'y' if n == 1 else 'ies'})", err=True)
 
@@ -75,13 +79,12 @@ def check(meta: str = typer.Option(..., "--meta", help="CostMetadata JSON (Rust 
           policies: Path = POLICIES, policy_id: str = POLICY_ID, rego_dir: Optional[Path] = REGO_DIR,
           engine: str = ENGINE, opa_url: Optional[str] = OPA_URL, ledger: str = LEDGER) -> None:
     """Decide one proposed cost against the ledger's current counters (holds nothing)."""
-    from .cost import CostMetadata
+    from .replay import parse_json, parse_meta
 
     try:
-        m = CostMetadata.model_validate_json(meta)
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        _fail(f"--meta: {'.'.join(map(str, e['loc'])) or '<json>'}: {e['msg']}")
+        m = parse_meta(parse_json(meta, "--meta"), "--meta")
+    except InputError as exc:
+        _fail(str(exc))
     guard = _guard(policies, policy_id, rego_dir, engine, opa_url, ledger)
     try:
         d = guard.check(m, cost_units)
@@ -99,23 +102,29 @@ def replay(file: Path = typer.Argument(..., help="JSON lines; '-' for stdin"),
     """Run check/record/authorize/remaining/total_spent events, one JSON line out per event.
 
     Every line is validated before any is run: a bad line is reported as
-    ``FILE:LINE: field: problem`` and nothing at all is recorded.
+    ``FILE:LINE: field: problem`` and nothing at all is recorded. A failure
+    while running (e.g. the ledger) is ``FILE:LINE: op: cause``, exit 2;
+    the lines before it have run.
     """
-    from .replay import load_events, run_events
+    from .replay import ReplayError, load_events, run_events
+    from .text import TextError, decode_utf8
 
     name = "<stdin>" if str(file) == "-" else str(file)
     try:
-        text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
-    except OSError as exc:
-        _fail(f"{name}:1: cannot read: {exc.strerror}")
-    try:
+        text = decode_utf8(sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes())
         events = load_events(text, name)
+    except OSError as exc:
+        _fail(f"{name}:1: cannot read: {exc.strerror or exc}")
+    except TextError as exc:
+        _fail(f"{name}:{exc.line}: {exc.message}")
     except InputError as exc:
         _fail(str(exc))
     guard = _guard(policies, policy_id, rego_dir, engine, opa_url, ledger)
     try:
-        for out in run_events(guard, events):
+        for out in run_events(guard, events, name):
             typer.echo(_dump(out))
+    except ReplayError as exc:
+        _fail(str(exc))
     finally:
         guard.close()
 
@@ -164,25 +173,37 @@ def push(policies: Path = typer.Argument(Path("policies"), help="policy director
          rego: Optional[Path] = typer.Argument(None, help="Rego directory (default: the one shipped in the package)"),
          opa_url: Optional[str] = OPA_URL,
          token: Optional[str] = typer.Option(None, "--token", envvar="CHIO_OPA_TOKEN", help="bearer token"),
+         insecure: bool = typer.Option(False, "--insecure", help="allow credentials over plain http:// (warns)"),
          timeout: float = typer.Option(5.0, "--timeout", help="seconds per request")) -> None:
-    """PUT the compiled data and the Rego into a running OPA, then confirm the revision it serves."""
-    from .bundle import bundle_contents, push as push_to
-    from .engines.server import make_client
+    """PUT the compiled data and the Rego into a running OPA, then confirm the revision it serves.
+
+    Credentials (``--token`` or ``user:pass@`` in the URL) are refused over
+    plain ``http://``, where anyone on the path could read them, unless
+    ``--insecure`` is given (then a warning is printed).
+    """
+    from .bundle import bundle_contents
+    from .engines.opa_http import cleartext_credentials, make_client, push as push_to, redact
 
     if not opa_url:
         _fail("--opa-url (or CHIO_OPA_URL) is required")
+    shown = redact(opa_url)
+    if cleartext_credentials(opa_url, token):
+        if not insecure:
+            _fail(f"--opa-url {shown}: credentials over plain http:// would travel unencrypted; "
+                  "use https:// or pass --insecure")
+        typer.echo(f"warning: sending credentials to {shown} over plain http:// (--insecure)", err=True)
     try:
         contents = bundle_contents(policies, rego)
         client = make_client(opa_url, token=token, timeout=timeout)
     except ChioBudgetError as exc:
         _fail(str(exc))  # bad input: exit 2
     try:
-        revision = push_to(client, contents)
+        revision = push_to(client, contents.compiled, contents.modules)
     except ChioBudgetError as exc:
-        _fail(f"{opa_url}: {exc}", 1)  # the server refused or failed
+        _fail(f"{shown}: {exc}", 1)  # the server refused or failed
     finally:
         client.close_connection()
-    typer.echo(f"pushed to {opa_url}: revision {revision}")
+    typer.echo(f"pushed to {shown}: revision {revision}")
 
 
 @app.command()

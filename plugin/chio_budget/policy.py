@@ -9,6 +9,7 @@ would silently take the last of two duplicate keys, which we refuse.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +18,8 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import PolicyError
-from .money import Currency, MonetaryAmount
+from .money import U64_MAX, Currency, MonetaryAmount
+from .text import TextError, decode_utf8, lone_surrogate, read_limited, shorten
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _POLICY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -99,47 +101,154 @@ class BudgetPolicy(BaseModel):
             if a.currency != self.currency
         ]
 
-    def to_rust_json(self) -> dict:
-        """The Rust ``BudgetPolicy`` serde form (no ``id``; empty map skipped)."""
-        out: dict[str, Any] = {"max_total": self.max_total.model_dump()}
-        for name in ("max_per_session", "max_per_agent"):
-            if getattr(self, name) is not None:
-                out[name] = getattr(self, name).model_dump()
-        if self.max_per_tool:
-            out["max_per_tool"] = {k: v.model_dump() for k, v in self.max_per_tool.items()}
-        out["currency"] = self.currency
-        return out
-
 
 # --------------------------------------------------------------------------
-# YAML with locations
+# YAML with locations and bounds
+
+MAX_POLICY_BYTES = 1 << 20
+"""Largest policy file read (1 MiB): a policy is a handful of limits."""
+
+MAX_DEPTH = 64
+"""Deepest YAML nesting accepted; the top-level mapping is level 1."""
+
+_INT_TAG = "tag:yaml.org,2002:int"
+_NULL_TAG = "tag:yaml.org,2002:null"
+_PLAIN_DECIMAL = re.compile(r"0|-?[1-9][0-9]*")
+_NO_ANCHORS = "anchors and aliases are not allowed in a budget policy (write the value out)"
+_TOO_LARGE = "1 MiB"
+
+
+class _Refused(yaml.YAMLError):
+    """Raised while composing: the document uses something a policy may not."""
+
+    def __init__(self, mark: yaml.Mark, message: str):
+        super().__init__(message)
+        self.line = mark.line + 1
+        self.message = message
+
+
+class _PolicyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, composing with two refusals.
+
+    Anchors and aliases are refused outright (budgets have no use for them,
+    and they are how a 371-byte file expands into 387 million nodes); nesting
+    is cut at ``MAX_DEPTH`` because the composer recurses once per level (500
+    levels used to be a ``RecursionError``). Both are refused when met, before
+    anything is expanded or built.
+    """
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(event.start_mark, f"YAML alias *{event.anchor}: {_NO_ANCHORS}")
+        if event.anchor is not None:
+            raise _Refused(event.start_mark, f"YAML anchor &{event.anchor}: {_NO_ANCHORS}")
+        if self._depth >= MAX_DEPTH:
+            raise _Refused(event.start_mark, f"nesting deeper than {MAX_DEPTH} levels")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _money_path(path: tuple) -> tuple | None:
+    """The reported path of an amount's units if ``path`` holds one, else None.
+
+    ``max_total: 5`` and ``max_total: {units: 5}`` both report ``max_total.units``.
+    """
+    if path and path[0] in _AMOUNT_FIELDS:
+        rest = path[1:]
+    elif len(path) >= 2 and path[0] in _AMOUNT_MAPS:
+        rest = path[2:]
+    else:
+        return None
+    if rest == ():
+        return path + ("units",)
+    return path if rest == ("units",) else None
 
 
 class _Located:
-    """A plain Python value plus the line of every field path in it."""
+    """A plain Python value plus the line of every field path in it.
 
-    def __init__(self) -> None:
+    Keys are taken as written (YAML 1.1 would read the key ``0x10`` as 16).
+    Amounts are decided on the scalar as written, never on what PyYAML makes
+    of it: only a plain decimal integer is money. A refused value's path is
+    remembered so the model's own complaint about it is not reported twice.
+    """
+
+    def __init__(self, loader: yaml.SafeLoader) -> None:
+        self.loader = loader
         self.lines: dict[tuple, int] = {}
         self.errors: list[tuple[tuple, int, str]] = []
+        self.refused: list[tuple] = []
+
+    def refuse(self, node: yaml.Node, path: tuple, where: tuple, message: str) -> None:
+        self.errors.append((where, node.start_mark.line + 1, message))
+        self.refused.append(path)
+
+    def is_refused(self, path: tuple) -> bool:
+        return any(path[: len(r)] == r for r in self.refused)
 
     def build(self, node: yaml.Node, path: tuple = ()) -> Any:
         self.lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = self.build(key_node, path + ("<key>",))
-                if not isinstance(key, (str, int)) or isinstance(key, bool):
-                    self.errors.append((path, key_node.start_mark.line + 1, f"key {key!r} must be a string"))
-                    continue
-                key = str(key)
-                if key in out:
-                    self.errors.append((path + (key,), key_node.start_mark.line + 1, "duplicate key"))
-                    continue
-                out[key] = self.build(value_node, path + (key,))
-            return out
+            return self._mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(v, path + (i,)) for i, v in enumerate(node.value)]
-        return yaml.SafeLoader.construct_object(_LOADER_FOR_SCALARS, node)  # type: ignore[arg-type]
+        bad = lone_surrogate(node.value)
+        if bad:
+            return self.refuse(node, path, path, f"lone surrogate {bad} is not valid Unicode")
+        money = _money_path(path)
+        if money is not None and node.tag != _NULL_TAG:
+            return self._units(node, path, money)
+        try:
+            return self.loader.construct_object(node)
+        except (yaml.YAMLError, ValueError) as exc:  # e.g. an unknown tag, an int past Python's digit limit
+            problem = getattr(exc, "problem", None) or str(exc)
+            return self.refuse(node, path, path, f"cannot read value: {problem}")
+
+    def _mapping(self, node: yaml.MappingNode, path: tuple) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.errors.append((path, line, "a key must be a plain string, not a collection"))
+                continue
+            key = key_node.value
+            bad = lone_surrogate(key)
+            if bad:
+                self.errors.append((path + (key,), line, f"lone surrogate {bad} is not valid Unicode"))
+            elif key in out:
+                self.errors.append((path + (key,), line, "duplicate key"))
+            else:
+                out[key] = self.build(value_node, path + (key,))
+        return out
+
+    def _units(self, node: yaml.ScalarNode, path: tuple, where: tuple) -> int | None:
+        text = node.value
+        if node.tag == _INT_TAG and node.style is None and _PLAIN_DECIMAL.fullmatch(text):
+            if len(text.lstrip("-")) <= len(str(U64_MAX)):
+                return int(text)
+            bound = "must be >= 0" if text.startswith("-") else f"must be <= 2^64-1 ({U64_MAX})"
+            return self.refuse(node, path, where, f"{bound}, got {shorten(text)}")
+        return self.refuse(node, path, where,
+                           f"must be a plain decimal integer of minor units, got {self._written(node)}")
+
+    def _written(self, node: yaml.ScalarNode) -> str:
+        """The scalar roughly as the operator typed it: quotes and an explicit tag kept."""
+        text = shorten(node.value)
+        if node.style in ("'", '"'):
+            text = f"{node.style}{text}{node.style}"
+        implicit = self.loader.resolve(yaml.ScalarNode, node.value, (node.style is None, node.style is not None))
+        if node.tag != implicit:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!", 1)
+            text = f"{tag} {text}"
+        return text
 
     def line_of(self, path: tuple) -> int:
         while path and path not in self.lines:
@@ -147,15 +256,14 @@ class _Located:
         return self.lines.get(path, 1)
 
 
-_LOADER_FOR_SCALARS = yaml.SafeLoader("")
-
-
 def format_path(path: tuple) -> str:
-    """``max_per_tool."s1:x".units``: identifiers bare, anything else quoted."""
+    """``max_per_tool."s1:x".units``: identifiers bare, anything else quoted (JSON-escaped)."""
     parts = []
     for p in path:
         s = str(p)
-        parts.append(s if isinstance(p, int) or _IDENT.match(s) else f'"{s}"')
+        if not (isinstance(p, int) or _IDENT.match(s)):
+            s = json.dumps(s, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8")
+        parts.append(s)
     return ".".join(parts)
 
 
@@ -164,23 +272,35 @@ def _pydantic_path(loc: tuple) -> tuple:
     return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p and "]" in p)))
 
 
-def parse_policy(text: str, source: str = "<string>", default_id: str | None = None) -> BudgetPolicy:
-    """Parse one policy document; ``PolicyError`` lists every problem located."""
+def _compose(text: str, source: str) -> tuple[Any, _Located]:
+    """YAML text -> (plain value, locations); ``PolicyError`` for what is not a policy document."""
+    if len(text) > MAX_POLICY_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_POLICY_BYTES:
+        raise PolicyError(f"{source}:1: file is larger than {_TOO_LARGE} ({MAX_POLICY_BYTES} bytes)")
+    loader = _PolicyLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = loader.get_single_node()
+        if node is None:
+            raise PolicyError(f"{source}:1: empty policy file")
+        loc = _Located(loader)
+        return loc.build(node), loc
+    except _Refused as exc:
+        raise PolicyError(f"{source}:{exc.line}: {exc.message}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else 1
         problem = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError(f"{source}:{line}: invalid YAML: {problem}") from None
-    if node is None:
-        raise PolicyError(f"{source}:1: empty policy file")
-    loc = _Located()
-    try:
-        data = loc.build(node)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise PolicyError(f"{source}:{mark.line + 1 if mark else 1}: invalid YAML: {exc}") from None
+        raise PolicyError(f"{source}:{mark.line + 1 if mark else 1}: invalid YAML: {problem}") from None
+    finally:
+        loader.dispose()
+
+
+def parse_policy(text: str, source: str = "<string>", default_id: str | None = None) -> BudgetPolicy:
+    """Parse one policy document; ``PolicyError`` lists every problem located.
+
+    Bounded: at most ``MAX_POLICY_BYTES`` of text, ``MAX_DEPTH`` levels, no
+    anchors or aliases, so reading a hostile file costs time and memory in
+    proportion to its size.
+    """
+    data, loc = _compose(text, source)
     errors = [f"{source}:{line}: {format_path(path) or '<document>'}: {msg}" for path, line, msg in loc.errors]
     if not isinstance(data, dict):
         raise PolicyError(f"{source}:{loc.line_of(())}: policy must be a mapping, got {type(data).__name__}")
@@ -191,6 +311,8 @@ def parse_policy(text: str, source: str = "<string>", default_id: str | None = N
     except ValidationError as exc:
         for err in exc.errors():
             path = _pydantic_path(err["loc"])
+            if loc.is_refused(path):
+                continue
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
@@ -206,11 +328,14 @@ def parse_policy(text: str, source: str = "<string>", default_id: str | None = N
 
 
 def load_policy_file(path: str | Path) -> BudgetPolicy:
+    """One policy file (at most ``MAX_POLICY_BYTES``, UTF-8); its id defaults to the file's stem."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"{path}:1: cannot read: {exc}") from None
+        text = decode_utf8(read_limited(path, MAX_POLICY_BYTES, _TOO_LARGE))
+    except TextError as exc:
+        raise PolicyError(f"{path}:{exc.line}: {exc.message}") from None
+    except OSError as exc:
+        raise PolicyError(f"{path}:1: cannot read: {exc.strerror or exc}") from None
     return parse_policy(text, source=str(path), default_id=path.stem)
 
 

@@ -1,7 +1,15 @@
 """The ``replay`` event format: validate a whole JSONL file, then run it.
 
 Validation is complete before the first event runs, so a bad line leaves
-the ledger untouched (which matters with a durable ledger).
+the ledger untouched (which matters with a durable ledger). It covers what
+the run itself could trip on: every string of a line (extra, ignored fields
+included) must be encodable Unicode, JSON keys must be unique (a duplicate
+would silently mean the last one), numbers and nesting must be readable.
+Lines are split on ``\\n`` only: JSON allows a raw U+2028 inside a string.
+
+What validation cannot see (the ledger failing, locked, unreachable) stops
+the run at that event with ``ReplayError`` naming its line; the events
+before it have run and stay recorded.
 """
 
 from __future__ import annotations
@@ -13,12 +21,17 @@ from typing import Any, Iterator
 from pydantic import ValidationError
 
 from .cost import CostMetadata
-from .errors import InputError
+from .errors import ChioBudgetError, InputError
 from .money import check_units
 from .policy import format_path
+from .text import lone_surrogate
 
 OPS = ("check", "record", "authorize", "remaining", "total_spent")
 _NEEDS_COST = ("check", "record", "authorize")
+
+
+class ReplayError(ChioBudgetError):
+    """An event failed while running (``FILE:LINE: op: cause``); earlier events stay recorded."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +40,92 @@ class Event:
     meta: CostMetadata | None
     cost_units: int | None
     line: int
+
+
+class _Object(dict):
+    """A JSON object that remembers the first key it saw twice."""
+
+    duplicate: str | None = None
+
+
+def _object(pairs: list[tuple[str, Any]]) -> _Object:
+    out = _Object()
+    for key, value in pairs:
+        if key in out:
+            out.duplicate = out.duplicate if out.duplicate is not None else key
+        else:
+            out[key] = value
+    return out
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_MAX_INT_DIGITS = 100  # a u64 has 20; past Python's limit (4300) int() itself would raise
+
+
+def _int(text: str) -> int:
+    if len(text) > _MAX_INT_DIGITS:
+        raise ValueError(f"integer longer than {_MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _problem(value: Any) -> tuple[tuple, str] | None:
+    """The path and problem of the first bad part of a parsed value, in document order.
+
+    Iterative, so the depth ``json.loads`` allows cannot overflow it.
+    """
+    stack: list[tuple[tuple, Any]] = [((), value)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, str):
+            bad = lone_surrogate(v)
+            if bad:
+                return path, f"lone surrogate {bad} is not valid Unicode"
+        elif isinstance(v, dict):
+            for key in v:
+                bad = lone_surrogate(key)
+                if bad:
+                    return path + (key,), f"lone surrogate {bad} is not valid Unicode"
+            if getattr(v, "duplicate", None) is not None:
+                return path + (v.duplicate,), "duplicate key"
+            stack.extend((path + (k,), x) for k, x in reversed(v.items()))
+        elif isinstance(v, list):
+            stack.extend((path + (i,), x) for i, x in reversed(list(enumerate(v))))
+    return None
+
+
+def parse_json(raw: str, where: str, prefix: tuple = ()) -> Any:
+    """Strict JSON: ``InputError`` ``where: path: problem`` for anything a run could not use.
+
+    Refused: invalid JSON, ``NaN``/``Infinity``, integers longer than 100
+    digits, nesting past the interpreter's recursion limit, duplicate keys and
+    lone surrogates anywhere (keys and ignored fields included).
+    """
+    try:
+        value = json.loads(raw, object_pairs_hook=_object, parse_constant=_not_json, parse_int=_int)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}: <json>: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:
+        raise InputError(f"{where}: <json>: nested too deeply") from None
+    except ValueError as exc:  # from the hooks: NaN/Infinity, a huge integer
+        raise InputError(f"{where}: <json>: {exc}") from None
+    problem = _problem(value)
+    if problem:
+        path, msg = problem
+        raise InputError(f"{where}: {format_path(prefix + path)}: {msg}")
+    return value
+
+
+def parse_meta(obj: Any, where: str, prefix: tuple = ()) -> CostMetadata:
+    """``CostMetadata`` from a parsed JSON value; ``InputError`` names the first bad field."""
+    try:
+        return CostMetadata.model_validate(obj)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        path = format_path(prefix + tuple(e["loc"])) or "<json>"
+        raise InputError(f"{where}: {path}: {e['msg'].removeprefix('Value error, ')}") from None
 
 
 def _event(obj: Any, where: str, line: int) -> Event:
@@ -44,12 +143,7 @@ def _event(obj: Any, where: str, line: int) -> Event:
         raise InputError(f"{where}: meta: required for op {op!r}")
     if "cost_units" not in obj:
         raise InputError(f"{where}: cost_units: required for op {op!r}")
-    try:
-        meta = CostMetadata.model_validate(obj["meta"])
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        path = format_path(("meta",) + tuple(e["loc"]))
-        raise InputError(f"{where}: {path}: {e['msg'].removeprefix('Value error, ')}") from None
+    meta = parse_meta(obj["meta"], where, ("meta",))
     try:
         cost = check_units(obj["cost_units"], "cost_units")
     except ValueError as exc:
@@ -60,32 +154,40 @@ def _event(obj: Any, where: str, line: int) -> Event:
 def load_events(text: str, name: str) -> list[Event]:
     """Parse and validate every line; ``InputError`` names the first bad one."""
     events = []
-    for n, raw in enumerate(text.splitlines(), start=1):
+    for n, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         where = f"{name}:{n}"
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: <json>: {exc.msg} (column {exc.colno})") from None
-        events.append(_event(obj, where, n))
+        events.append(_event(parse_json(raw, where), where, n))
     return events
 
 
-def run_events(guard: Any, events: list[Event]) -> Iterator[dict[str, Any]]:
-    """One output object per event (DESIGN.md, CLI)."""
+def _run_one(guard: Any, ev: Event) -> dict[str, Any]:
+    if ev.op == "check":
+        return guard.check(ev.meta, ev.cost_units).to_json_dict()
+    if ev.op == "authorize":
+        auth = guard.authorize(ev.meta, ev.cost_units)
+        if auth.allow:
+            auth.commit()
+        return auth.decision.to_json_dict()
+    if ev.op == "record":
+        guard.record(ev.meta, ev.cost_units)
+        return {"recorded": ev.cost_units}
+    if ev.op == "remaining":
+        return {"remaining": guard.remaining()}
+    return {"total_spent": guard.total_spent()}
+
+
+def run_events(guard: Any, events: list[Event], name: str = "<events>") -> Iterator[dict[str, Any]]:
+    """One output object per event (DESIGN.md, CLI); a failing event raises ``ReplayError``.
+
+    Any exception from the guard is caught here on purpose: whatever the
+    cause, the caller gets the line that failed instead of a traceback.
+    """
     for ev in events:
-        if ev.op == "check":
-            yield guard.check(ev.meta, ev.cost_units).to_json_dict()
-        elif ev.op == "authorize":
-            auth = guard.authorize(ev.meta, ev.cost_units)
-            if auth.allow:
-                auth.commit()
-            yield auth.decision.to_json_dict()
-        elif ev.op == "record":
-            guard.record(ev.meta, ev.cost_units)
-            yield {"recorded": ev.cost_units}
-        elif ev.op == "remaining":
-            yield {"remaining": guard.remaining()}
-        else:
-            yield {"total_spent": guard.total_spent()}
+        try:
+            out = _run_one(guard, ev)
+        except Exception as exc:
+            detail = str(exc) if isinstance(exc, ChioBudgetError) else f"{type(exc).__name__}: {exc}"
+            raise ReplayError(f"{name}:{ev.line}: {ev.op}: {detail}") from exc
+        yield out

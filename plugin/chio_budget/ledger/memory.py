@@ -1,128 +1,199 @@
 """Counters in this process's memory, behind one lock.
 
-For a single kernel process: fastest, and lost with the process. Settled
-receipt ids are remembered (up to ``remember_settled``) so a late second
-commit or release is recognised as a no-op rather than applied twice.
+For a single kernel process: fastest, and lost with the process. Every
+operation holds the lock for its whole read-modify-write, so it is atomic
+for every thread of the process.
+
+- Expiry costs O(log n) per operation: held reservations sit in a heap keyed
+  by expiry, and each operation pops only what is due. Entries of settled
+  reservations are skipped when they surface and the heap is rebuilt when
+  they outnumber the live ones (amortised O(1)).
+- Time is ``time.monotonic`` (a ``clock`` may be passed for tests), so a step
+  of the wall clock neither expires nor extends a reservation.
+- Settled receipts are kept in settle order, pruned from the oldest by age
+  (``settled_retention``) and count (``settled_max``).
 """
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections import OrderedDict
-from typing import Callable, Sequence
+from dataclasses import replace
+from typing import Any, Callable, Mapping, Sequence
 
 from ..money import U64_MAX, check_units
-from .base import DEFAULT_TTL_SECONDS, Reservation, Settlement
+from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance, Reservation,
+                   Settlement, check_ttl, dump_book, key_order, load_book, settled_outcome)
+from .options import LedgerOptions, parse_query
 
 
-class MemoryLedger:
-    def __init__(self, *, default_ttl: float = DEFAULT_TTL_SECONDS, clock: Callable[[], float] = time.time,
-                 remember_settled: int = 100_000):
-        self._lock = threading.Lock()
-        self._counters: dict[str, int] = {}
-        self._held: dict[str, Reservation] = {}
-        self._settled: OrderedDict[str, Reservation] = OrderedDict()
-        self._default_ttl = default_ttl
+class MemoryLedger(ClosesOnExit):
+    """The ``Ledger`` contract in one process (see the module docstring)."""
+
+    def __init__(self, *, ttl: float = DEFAULT_TTL_SECONDS, settled_retention: float = DEFAULT_SETTLED_RETENTION,
+                 settled_max: int = DEFAULT_SETTLED_MAX, clock: Callable[[], float] = time.monotonic):
+        self.options = LedgerOptions.make(ttl, settled_retention, settled_max)
         self._clock = clock
-        self._remember = remember_settled
+        self._lock = threading.Lock()
+        self._spent: dict[str, int] = {}
+        self._held_units: dict[str, int] = {}   # only non-zero entries
+        self._held: dict[str, Reservation] = {}
+        self._expiry: list[tuple[float, str]] = []  # heap; may hold entries of settled reservations
+        self._settled: OrderedDict[str, tuple[Reservation, float]] = OrderedDict()  # settle order
+
+    @classmethod
+    def from_uri(cls, uri: str = "memory", **options: Any) -> "MemoryLedger":
+        """``memory``, ``memory://`` or ``memory://?ttl=60&settled_max=1000``; keywords win."""
+        query = uri.split("?", 1)[1] if "?" in uri else ""
+        parsed, _ = parse_query(uri, query)
+        return cls(**{**parsed, **options})
 
     # -- helpers (lock held) ------------------------------------------------
 
-    def _apply(self, keys: Sequence[str], delta: int) -> None:
-        c = self._counters
-        for k in keys:
-            c[k] = min(max(c.get(k, 0) + delta, 0), U64_MAX)
+    def _total(self, key: str) -> int:
+        return min(self._spent.get(key, 0) + self._held_units.get(key, 0), U64_MAX)
 
-    def _settle(self, r: Reservation, state: str) -> None:
-        del self._held[r.receipt_id]
-        self._settled[r.receipt_id] = Reservation(r.receipt_id, r.keys, r.amount, r.before, r.expires_at,
-                                                  False, state)  # type: ignore[arg-type]
-        while len(self._settled) > self._remember:
+    def _hold(self, keys: Sequence[str], amount: int) -> None:
+        held = self._held_units
+        for k in keys:
+            v = held.get(k, 0) + amount
+            if v > 0:
+                held[k] = v
+            else:
+                held.pop(k, None)
+
+    def _spend(self, keys: Sequence[str], amount: int) -> None:
+        spent = self._spent
+        for k in keys:
+            spent[k] = min(spent.get(k, 0) + amount, U64_MAX)
+
+    def _settle(self, r: Reservation, state: str, amount: int, now: float, late: bool = False) -> None:
+        self._held.pop(r.receipt_id, None)
+        self._settled.pop(r.receipt_id, None)
+        self._settled[r.receipt_id] = (replace(r, created=False, state=state, settled_amount=amount, late=late), now)
+        while len(self._settled) > self.options.settled_max:
             self._settled.popitem(last=False)
 
-    def _expire_locked(self) -> list[str]:
+    def _sweep(self) -> tuple[float, list[str]]:
+        """Expire what is due, forget what is past retention; ``(now, expired ids)``."""
         now = self._clock()
-        gone = [r for r in self._held.values() if r.expires_at <= now]
-        for r in gone:
-            self._apply(r.keys, -r.amount)
-            self._settle(r, "expired")
-        return [r.receipt_id for r in gone]
+        gone = []
+        heap = self._expiry
+        while heap and heap[0][0] <= now:
+            expires_at, rid = heapq.heappop(heap)
+            r = self._held.get(rid)
+            if r is not None and r.expires_at == expires_at:
+                self._hold(r.keys, -r.amount)
+                self._settle(r, "expired", r.amount, now)
+                gone.append(rid)
+        if len(heap) > 2 * len(self._held) + 1024:  # mostly settled entries: rebuild
+            self._expiry = [(r.expires_at, rid) for rid, r in self._held.items()]
+            heapq.heapify(self._expiry)
+        settled, cutoff = self._settled, now - self.options.settled_retention
+        while settled and next(iter(settled.values()))[1] < cutoff:
+            settled.popitem(last=False)
+        return now, gone
+
+    def _find(self, receipt_id: str) -> Reservation | None:
+        r = self._held.get(receipt_id)
+        if r is None and receipt_id in self._settled:
+            r = self._settled[receipt_id][0]
+        return r
 
     # -- Ledger -------------------------------------------------------------
 
-    def reserve(self, receipt_id: str, keys: Sequence[str], cost: int, ttl: float | None = None) -> Reservation:
+    def reserve(self, receipt_id: str, keys: Sequence[str], cost: int, ttl: float | None = None, *,
+                book: Mapping[str, Any] | None = None, attempt: str | None = None) -> Reservation:
         cost = check_units(cost, "cost")
+        ttl = self.options.ttl if ttl is None else check_ttl(ttl)
+        stored_book = load_book(dump_book(book))  # a copy, exactly as the other backends give it back
         with self._lock:
-            self._expire_locked()
-            if receipt_id in self._held:
-                r = self._held[receipt_id]
-                return Reservation(r.receipt_id, r.keys, r.amount, r.before, r.expires_at, False, "held")
-            if receipt_id in self._settled:
-                return self._settled[receipt_id]
-            keys = tuple(dict.fromkeys(keys))
-            before = tuple(self._counters.get(k, 0) for k in keys)
-            self._apply(keys, cost)
-            r = Reservation(receipt_id, keys, cost, before,
-                            self._clock() + (self._default_ttl if ttl is None else ttl))
+            now, _ = self._sweep()
+            found = self._find(receipt_id)
+            if found is not None:
+                return replace(found, created=False)
+            keys = key_order(keys)
+            before = tuple(self._total(k) for k in keys)
+            self._hold(keys, cost)
+            r = Reservation(receipt_id, keys, cost, before, now + ttl, True, "held", stored_book, attempt)
             self._held[receipt_id] = r
+            heapq.heappush(self._expiry, (r.expires_at, receipt_id))
             return r
 
     def commit(self, receipt_id: str, actual: int | None = None) -> Settlement:
         if actual is not None:
             actual = check_units(actual, "actual")
         with self._lock:
-            self._expire_locked()
-            r = self._held.get(receipt_id)
+            now, _ = self._sweep()
+            r = self._find(receipt_id)
             if r is None:
-                return self._already(receipt_id)
+                return Settlement(receipt_id, "unknown")
             amount = r.amount if actual is None else actual
-            self._apply(r.keys, amount - r.amount)
-            self._settle(r, "committed")
-            return Settlement(receipt_id, "committed", amount)
+            if r.state == "held":
+                self._hold(r.keys, -r.amount)
+                self._spend(r.keys, amount)
+                self._settle(r, "committed", amount, now)
+                return Settlement(receipt_id, "committed", amount)
+            if r.state == "expired":  # the call ran past its TTL: post it now, exactly once
+                self._spend(r.keys, amount)
+                self._settle(r, "committed", amount, now, late=True)
+                return Settlement(receipt_id, "committed_late", amount)
+            return Settlement(receipt_id, settled_outcome(r.state))
 
-    def release(self, receipt_id: str) -> Settlement:
+    def release(self, receipt_id: str, *, attempt: str | None = None) -> Settlement:
         with self._lock:
-            self._expire_locked()
-            r = self._held.get(receipt_id)
-            if r is None:
-                return self._already(receipt_id)
-            self._apply(r.keys, -r.amount)
-            self._settle(r, "released")
+            now, _ = self._sweep()
+            r = self._find(receipt_id)
+            if r is None or (r.state == "held" and attempt is not None and r.attempt != attempt):
+                return Settlement(receipt_id, "unknown")
+            if r.state != "held":
+                return Settlement(receipt_id, settled_outcome(r.state), r.amount if r.state == "expired" else 0)
+            self._hold(r.keys, -r.amount)
+            self._settle(r, "released", r.amount, now)
             return Settlement(receipt_id, "released", r.amount)
 
-    def _already(self, receipt_id: str) -> Settlement:
-        r = self._settled.get(receipt_id)
-        if r is None:
-            return Settlement(receipt_id, "unknown")
-        if r.state == "expired":
-            return Settlement(receipt_id, "expired", r.amount)
-        return Settlement(receipt_id, "already_committed" if r.state == "committed" else "already_released")
+    def get(self, receipt_id: str) -> Reservation | None:
+        with self._lock:
+            self._sweep()
+            r = self._find(receipt_id)
+            return None if r is None else replace(r, created=False)
+
+    def balances(self, keys: Sequence[str]) -> list[Balance]:
+        with self._lock:
+            self._sweep()
+            return [Balance(self._spent.get(k, 0), self._held_units.get(k, 0)) for k in keys]
 
     def totals(self, keys: Sequence[str]) -> list[int]:
         with self._lock:
-            self._expire_locked()
-            return [self._counters.get(k, 0) for k in keys]
+            self._sweep()
+            return [self._total(k) for k in keys]
 
     def add(self, keys: Sequence[str], cost: int) -> list[int]:
         cost = check_units(cost, "cost")
         with self._lock:
-            self._expire_locked()  # like every other operation: due reservations are given back first
-            keys = tuple(dict.fromkeys(keys))
-            self._apply(keys, cost)
-            return [self._counters[k] for k in keys]
+            self._sweep()  # like every other operation: due reservations are given back first
+            keys = key_order(keys)
+            self._spend(keys, cost)
+            return [self._total(k) for k in keys]
 
     def expire(self) -> list[str]:
         with self._lock:
-            return self._expire_locked()
+            return self._sweep()[1]
 
     def open_reservations(self) -> int:
         with self._lock:
             return len(self._held)
 
+    def counters(self) -> int:
+        """How many counters are kept (spent or held non-zero); for memory-bound tests and monitoring."""
+        with self._lock:
+            return len(self._spent.keys() | self._held_units.keys())
+
     def close(self) -> None:
         pass
 
-    def __repr__(self) -> str:
-        return f"MemoryLedger(counters={len(self._counters)}, open={len(self._held)})"
 
+    def __repr__(self) -> str:
+        return f"MemoryLedger(counters={len(self._spent)}, open={len(self._held)})"

@@ -126,16 +126,33 @@ _input_ok if {
 	_is_units(input.cost.units)
 	is_string(input.cost.currency)
 	_is_units(input.totals.total)
-	_is_units(input.totals.agent)
-	_is_units(input.totals.tool)
+	_counter_ok("agent")
+	_counter_ok("tool")
 	_session_total_ok
 	is_string(input.request.agent_id)
 	is_string(input.request.tool_key)
 }
 
-_session_total_ok if input.request.session_id == null
+# The guard keeps only the counters some limit reads, and sends null for a
+# scope without one. A number is always fine; null only where no limit of
+# the policy reads that scope (a missing or malformed number under a limit
+# still denies).
+_counter_ok(scope) if _is_units(input.totals[scope])
 
-_session_total_ok if _is_units(input.totals.session)
+_counter_ok(scope) if {
+	not _limited(scope)
+	input.totals[scope] == null
+}
+
+_limited("session") if _policy.max_per_session
+
+_limited("agent") if _policy.max_per_agent
+
+_limited("tool") if _policy.max_per_tool[input.request.tool_key]
+
+_session_total_ok if object.get(input, ["request", "session_id"], null) == null
+
+_session_total_ok if _counter_ok("session")
 
 # object.get, not a plain reference: a missing field must reach the check
 # as null, not make the whole rule undefined.
@@ -143,14 +160,30 @@ _input_problems contains "cost.units must be an integer >= 0" if not _is_units(o
 
 _input_problems contains "cost.currency must be a string" if not is_string(object.get(input, ["cost", "currency"], null))
 
-_input_problems contains sprintf("totals.%s must be an integer >= 0", [name]) if {
-	some name in ["total", "agent", "tool"]
-	not _is_units(object.get(input, ["totals", name], null))
+_input_problems contains "totals.total must be an integer >= 0" if {
+	not _is_units(object.get(input, ["totals", "total"], null))
+}
+
+_input_problems contains sprintf("totals.%s must be an integer >= 0", [scope]) if {
+	some scope in ["agent", "tool"]
+	_limited(scope)
+	not _counter_ok(scope)
+}
+
+_input_problems contains sprintf("totals.%s must be an integer >= 0 or null (no %s limit applies)", [scope, scope]) if {
+	some scope in ["agent", "tool"]
+	not _limited(scope)
+	not _counter_ok(scope)
 }
 
 _input_problems contains "totals.session must be an integer >= 0 when request.session_id is set" if {
-	input.request.session_id != null
-	not _is_units(object.get(input, ["totals", "session"], null))
+	not _session_total_ok
+	_limited("session")
+}
+
+_input_problems contains "totals.session must be an integer >= 0 or null (no session limit applies)" if {
+	not _session_total_ok
+	not _limited("session")
 }
 
 _input_problems contains sprintf("request.%s must be a string", [name]) if {

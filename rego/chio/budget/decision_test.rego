@@ -225,8 +225,51 @@ test_missing_totals_deny_as_invalid_input if {
 	d.allow == false
 	{v.message | some v in d.violations} == {
 		"totals.total must be an integer >= 0", "totals.agent must be an integer >= 0",
-		"totals.tool must be an integer >= 0",
+		"totals.tool must be an integer >= 0 or null (no tool limit applies)",
 		"totals.session must be an integer >= 0 when request.session_id is set",
+	}
+}
+
+_total_only := {"default": {"currency": "USD", "max_total": 10000, "revision": "sha256:total-only"}}
+
+_nulls := {"total": 0, "session": null, "agent": null, "tool": null}
+
+test_null_totals_accepted_where_no_limit_reads_them if {
+	d := budget.decision with input as _input(100, _nulls) with data.chio.budget.policies as _total_only
+	d.allow == true
+	d.violations == []
+}
+
+test_null_tool_total_accepted_for_an_unlisted_tool if {
+	d := _decide(_input_for("cheap", "sess-1", 100, {"total": 0, "session": 0, "agent": 0, "tool": null}))
+	d.allow == true
+}
+
+test_null_agent_total_denied_under_an_agent_limit if {
+	d := _decide(_input(1, {"total": 0, "session": 0, "agent": null, "tool": null}))
+	d.allow == false
+	d.violations == [{"scope": "custom", "code": "invalid_input", "message": "totals.agent must be an integer >= 0"}]
+}
+
+test_null_tool_total_denied_for_a_listed_tool if {
+	d := _decide(_input_for("expensive", "sess-1", 1, {"total": 0, "session": 0, "agent": 0, "tool": null}))
+	d.allow == false
+	[v.message | some v in d.violations] == ["totals.tool must be an integer >= 0"]
+}
+
+test_null_session_total_denied_under_a_session_limit if {
+	d := _decide(_input(1, {"total": 0, "session": null, "agent": 0, "tool": null}))
+	d.allow == false
+	[v.message | some v in d.violations] == ["totals.session must be an integer >= 0 when request.session_id is set"]
+}
+
+test_malformed_total_without_a_limit_still_denies if {
+	d := budget.decision with input as _input(1, {"total": 0, "session": "x", "agent": -1, "tool": null})
+		with data.chio.budget.policies as _total_only
+	d.allow == false
+	{v.message | some v in d.violations} == {
+		"totals.agent must be an integer >= 0 or null (no agent limit applies)",
+		"totals.session must be an integer >= 0 or null (no session limit applies)",
 	}
 }
 

@@ -1,0 +1,21 @@
+-- ARGV[4] receipt, ARGV[5] cost, ARGV[6] ttl (s), ARGV[7] attempt ('' none), ARGV[8] book JSON ('' none),
+-- ARGV[9..] keys (distinct). Reply: {created (0|1), record JSON}.
+local id = ARGV[4]
+local r = find(id, NOW)
+if r then return {0, cjson.encode(r)} end
+local cost = need_u64(ARGV[5], 'cost')
+local keys, before = {}, {}
+for i = 9, #ARGV do
+  local s, h = balance(ARGV[i])
+  keys[#keys + 1] = ARGV[i]
+  before[#before + 1] = cap(dadd(s, h))
+end
+change(keys, nil, cost, nil)
+local exp = fmt(NOW + tonumber(ARGV[6]))
+r = {k = keys, a = cost, b = before, e = exp, s = 'held'}
+if ARGV[7] ~= '' then r.x = ARGV[7] end
+if ARGV[8] ~= '' then r.m = ARGV[8] end
+redis.call('ZREM', K_SETTLED, id)  -- a forgotten record of the same id, not yet pruned
+redis.call('HSET', K_RES, id, cjson.encode(r))
+redis.call('ZADD', K_EXPIRY, exp, id)
+return {1, cjson.encode(r)}

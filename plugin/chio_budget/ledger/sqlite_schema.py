@@ -1,0 +1,88 @@
+"""The SQLite ledger's file format: create schema 2, or migrate schema 1 to it, on open.
+
+The schema is package data (``sql/schema.sql``, ``sql/migrate_v1.sql``).
+Migration runs in one ``BEGIN IMMEDIATE`` transaction, so it happens once
+even when several processes open the file together, and a failure leaves
+the version-1 file untouched. Version 1 kept one counter per key (spent and
+held together, saturating); version 2 keeps them apart:
+``held`` = the sum of the key's live reservations, ``spent`` = the old
+counter minus that (never below 0). A process still running version-1 code
+fails closed on the migrated file (its queries name a column that is gone).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import contextmanager
+from importlib import resources
+from typing import Iterator
+
+from ..errors import LedgerError
+from ..money import U64_MAX
+
+SCHEMA_VERSION = 2
+
+
+def _statements(name: str) -> list[str]:
+    text = resources.files(__package__).joinpath("sql", name).read_text(encoding="utf-8")
+    lines = [line.split("--", 1)[0] for line in text.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def read_units(text: object, what: str, *, cap: bool = True) -> int:
+    """A stored decimal back, refusing anything we would not have written."""
+    if not isinstance(text, str) or not text.isdigit() or not text.isascii() or (len(text) > 1 and text[0] == "0"):
+        raise LedgerError(f"sqlite ledger: corrupt {what}: {text!r} is not a canonical decimal")
+    v = int(text)
+    if cap and v > U64_MAX:
+        raise LedgerError(f"sqlite ledger: corrupt {what}: {text} exceeds 2^64-1")
+    return v
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection, begin: str) -> Iterator[None]:
+    """``begin`` ... ``COMMIT``; anything raised inside rolls back."""
+    conn.execute(begin)
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def ensure_schema(conn: sqlite3.Connection, path: object) -> None:
+    """Leave the file at ``SCHEMA_VERSION``: create it, migrate it, or refuse an unknown version."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        return
+    with transaction(conn, "BEGIN IMMEDIATE"):
+        version = conn.execute("PRAGMA user_version").fetchone()[0]  # again, under the write lock
+        if version == 0:
+            for statement in _statements("schema.sql"):
+                conn.execute(statement)
+        elif version == 1:
+            _migrate_v1(conn)
+        elif version != SCHEMA_VERSION:
+            raise LedgerError(f"sqlite ledger: {path}: schema version {version}; this code knows 1 "
+                              f"(migrated on open) and {SCHEMA_VERSION}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    for statement in _statements("migrate_v1.sql"):
+        conn.execute(statement)
+    held: dict[str, int] = {}
+    for keys, amount in conn.execute("SELECT keys, amount FROM reservations WHERE state = 'held'"):
+        for k in json.loads(keys):
+            held[k] = held.get(k, 0) + read_units(amount, "reservation amount")
+    combined = {k: read_units(u, f"counter {k!r}") for k, u in conn.execute("SELECT key, spent FROM counters")}
+    conn.executemany("INSERT INTO counters (key, spent, held) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
+                     "SET spent = excluded.spent, held = excluded.held",
+                     [(k, str(max(combined.get(k, 0) - held.get(k, 0), 0)), str(held.get(k, 0)))
+                      for k in combined.keys() | held.keys()])
+    settled = conn.execute("SELECT receipt_id FROM reservations WHERE state != 'held' "
+                           "ORDER BY settled_at, receipt_id").fetchall()
+    conn.executemany("UPDATE reservations SET settle_seq = ? WHERE receipt_id = ?",
+                     [(i, rid) for i, (rid,) in enumerate(settled, 1)])
