@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import IO, Iterator, Optional
 
 import typer
-from rich.console import Console
 
 from ..errors import ChioBudgetError
 from .costquery import GROUP_BY, CostAggregator, CostQuery, to_json
@@ -98,8 +97,9 @@ def report(receipts: list[str] = RECEIPTS,
     if json_out:
         typer.echo(to_json(result))
     else:
-        from .views import report_view
-        Console(soft_wrap=True).print(report_view(result, group_by, policy))
+        from .views import console, report_view
+
+        console().print(report_view(result, group_by, policy))
     if bad is not None:
         print_bad(bad)
 

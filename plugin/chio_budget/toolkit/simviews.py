@@ -87,9 +87,9 @@ def rich_view(result: dict[str, Any], inputs: dict[str, Any]) -> Group:
     parts = []
     for title, head, rows in sections(result, inputs):
         t = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", show_header=any(head))
-        for i, h in enumerate(head):
+        for h in head:
             t.add_column(h, justify="right" if h in ("calls", "allowed", "denied", "spent", "limit", "used",
-                                                     "count") else "left", no_wrap=i == 0)
+                                                     "count") else "left", no_wrap=True)
         for row in rows:
             t.add_row(*(Text(cell, style="bold red" if cell.endswith("OVER") else "") for cell in row))
         if not rows:
@@ -124,3 +124,41 @@ def html_page(result: dict[str, Any], inputs: dict[str, Any], png: bytes | None)
         body.append("</table>")
     return ("<!doctype html><html><head><meta charset=\"utf-8\"><title>Budget simulation</title>"
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def _decision_cell(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "(skipped)"
+    if d["allow"]:
+        return "allow"
+    if d.get("error"):
+        return f"DENY error: {d['error']}"
+    return "DENY " + ", ".join(v["scope"] for v in d["violations"])
+
+
+def diff_view(summary: dict[str, Any], listed: list[dict[str, Any]]) -> Group:
+    """The diff summary, counts by scope, and the first differing calls."""
+    head = Table(box=box.SIMPLE, show_header=False, title="diff", title_justify="left")
+    head.add_column(style="bold", no_wrap=True)
+    head.add_column()
+    for side in ("a", "b"):
+        s = summary[side]
+        head.add_row(f"{side}: {s['policies']} {s['rego_dir'] or '(shipped Rego)'} policy {s['policy_id']}",
+                     f"{s['calls']['allowed']:,} allowed, {s['calls']['denied']:,} denied, spent "
+                     f"{money(s['spent'], s['currency'])} ({(s['policy_revision'] or '')[:19]})")
+    head.add_row("calls", f"{summary['calls']:,}, {summary['differ']:,} decided differently")
+    scopes = Table(box=box.SIMPLE_HEAD, title="differences by scope", title_justify="left")
+    for col in ("scope", "denied only in a", "denied only in b"):
+        scopes.add_column(col, justify="left" if col == "scope" else "right")
+    only_a, only_b = summary["denied_only_in_a"], summary["denied_only_in_b"]
+    for scope in sorted(set(only_a) | set(only_b)):
+        scopes.add_row(scope, f"{only_a.get(scope, 0):,}", f"{only_b.get(scope, 0):,}")
+    scopes.add_row("(denied in both, other scopes)", f"{summary['denied_in_both_differently']:,}", "")
+    calls = Table(box=box.SIMPLE_HEAD, title=f"differing calls (first {len(listed)} of {summary['differ']:,}; "
+                  "--json lists all)", title_justify="left")
+    for col in ("when", "receipt", "agent", "session", "tool", "cost", "a", "b"):
+        calls.add_column(col, no_wrap=col in ("when", "receipt"))
+    for d in listed:
+        calls.add_row(when(d["timestamp"]), d["receipt_id"], d["agent_id"], d["session_id"] or "-", d["tool_key"],
+                      f"{d['cost_units']:,}", _decision_cell(d["a"]), _decision_cell(d["b"]))
+    return Group(head, scopes, calls)

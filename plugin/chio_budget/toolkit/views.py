@@ -10,13 +10,19 @@ from __future__ import annotations
 from typing import Any
 
 from rich import box
-from rich.console import Group
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 from ..money import minor_unit_exponent
 from ..policy import BudgetPolicy
 from .costquery import NO_SESSION
+
+
+def console() -> Console:
+    """stdout for tables: a terminal's own width, 200 columns into a pipe or file (no mid-cell wrapping)."""
+    out = Console(soft_wrap=True)
+    return out if out.is_terminal else Console(soft_wrap=True, width=200)
 
 
 def money(units: int, currency: str) -> str:
