@@ -49,9 +49,9 @@ def _spill(run: list[Call], tmpdir: str | None) -> IO[bytes]:
     run.sort()
     f = tempfile.TemporaryFile(dir=tmpdir, prefix="chio-sort-")
     pickler = pickle.Pickler(f, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.fast = True  # no memo: each call stands alone (a memo would grow with the run)
     for call in run:
         pickler.dump(tuple(call))
-        pickler.clear_memo()
     f.seek(0)
     return f
 
@@ -60,9 +60,11 @@ def _read_run(f: IO[bytes]) -> Iterator[Call]:
     unpickler = pickle.Unpickler(f)
     while True:
         try:
-            yield Call(*unpickler.load())
+            call = Call(*unpickler.load())
         except EOFError:
             return
+        unpickler.memo.clear()  # the unpickler's memo would otherwise keep every call it read
+        yield call
 
 
 def time_ordered(calls: Iterable[Call], *, run_size: int = DEFAULT_RUN_SIZE,
