@@ -69,7 +69,7 @@ def with_dim(dim: dict) -> dict:
     ('{"schema": "x", ', "log.jsonl:7: <json>: Expecting property name enclosed in double quotes (column 17)"),
     (json.dumps(rec())[:-1] + ', "agent_id": "a2"}', 'log.jsonl:7: <json>: duplicate key "agent_id"'),
     (json.dumps(with_(timestamp=1)).replace("1,", "NaN,", 1), "log.jsonl:7: <json>: NaN is not JSON"),
-    (json.dumps(rec()).replace('"a1"', '"\\ud800"'), "log.jsonl:7: agent_id: lone surrogate"),
+    (json.dumps(rec()).replace('"a1"', '"\\ud800"'), "log.jsonl:7: agent_id: lone surrogate \\ud800 is not valid Unicode"),
     (json.dumps(rec()).encode().replace(b'"a1"', b'"a\xff"'), "log.jsonl:7: <line>: invalid UTF-8 at byte"),
 ])
 def test_a_malformed_record_is_located_by_file_line_and_field(record, message):

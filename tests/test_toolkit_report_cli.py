@@ -199,3 +199,23 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path):
     log.write_text("".join(json.dumps(rec(f"r{i}", i)) + "\n" for i in range(10_500)))
     r = subprocess.run([CLI, "report", str(log), "--json"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == ""
+
+
+def test_progress_starts_past_the_threshold_only_on_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from chio_budget.toolkit.progress import LogProgress
+
+    def drawn(terminal: bool, records: int, threshold: int = 10_000) -> str:
+        buf = io.StringIO()
+        console = Console(file=buf, force_terminal=terminal, width=100)
+        with LogProgress(1000, label="simulate: deciding", console=console, threshold=threshold) as bar:
+            bar(records, 500)
+        return buf.getvalue()
+
+    assert drawn(True, 9_999) == ""
+    assert "simulate: deciding" in drawn(True, 10_000) and "10,000 records" in drawn(True, 10_000)
+    assert drawn(False, 50_000) == ""
+    assert "simulate: deciding" in drawn(True, 5, threshold=0)  # a run known to be long shows at once

@@ -25,7 +25,7 @@ from typing import Any
 
 from opa_bindings import OpaEngine, OpaError
 
-from ..errors import PolicyError
+from ..errors import EngineError, PolicyError
 
 _ERROR = re.compile(r"^(?P<file>.+?):(?P<row>\d+): (?P<code>rego_\w+): (?P<msg>.*)$")
 _NAMED = re.compile(r"(?:undefined function|undefined ref:|var|rule|conflicting rules|function) ([\w.\[\]\"]+)")
@@ -95,10 +95,12 @@ def check_compile(policies: Any) -> tuple[Check, dict | None]:
 
 def check_rego(rego_dir: Path, data: dict | None) -> Check:
     """Parse every file, compile them together with the data, evaluate the decision per policy."""
-    files = sorted(rego_dir.rglob("*.rego"))
-    if not files:
-        return Check("rego", "failed", "no .rego files", [f"{rego_dir}:1:1: no .rego files"])
-    sources = {f.as_posix(): f.read_text(encoding="utf-8") for f in files}
+    from ..rego_files import rego_modules
+
+    try:
+        sources = rego_modules(rego_dir, include_tests=True, full_paths=True)
+    except EngineError as exc:
+        return Check("rego", "failed", "no Rego to load", [str(exc)])
     errors: list[str] = []
     with OpaEngine() as opa:
         opa.print_handler = lambda _m, _l: None
@@ -120,7 +122,7 @@ def check_rego(rego_dir: Path, data: dict | None) -> Check:
         errors = _probe_decisions(opa, data)
     if errors:
         return Check("rego", "failed", "the decision is not well-formed", errors)
-    return Check("rego", "ok", f"{len(files)} file(s) parse and compile; decision defined for every policy")
+    return Check("rego", "ok", f"{len(sources)} file(s) parse and compile; decision defined for every policy")
 
 
 def _probe_decisions(opa: OpaEngine, data: dict | None) -> list[str]:

@@ -29,6 +29,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple
 from ..errors import InputError
 from ..money import U64_MAX
 from ..policy import format_path
+from ..text import lone_surrogate
 
 MAX_LINE_BYTES = 1 << 20
 """A record line longer than this (1 MiB) is refused: no log line can make us buffer more."""
@@ -226,26 +227,16 @@ def _no_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_no_constant)
 
 
-def _surrogate_path(value: Any, path: tuple = ()) -> tuple | None:
-    """The path of the first string (key or value) holding a lone surrogate, else None."""
+def _surrogate(value: Any, path: tuple = ()) -> tuple[tuple, str] | None:
+    """The path of the first string (key or value) holding a lone surrogate, and that code point."""
     if type(value) is str:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path
-    elif type(value) is dict:
-        for k, v in value.items():
-            p = _surrogate_path(k, path + (k,))
-            if p is not None:
-                return p
-            p = _surrogate_path(v, path + (k,))
-            if p is not None:
-                return p
-    elif type(value) is list:
-        for i, v in enumerate(value):
-            p = _surrogate_path(v, path + (i,))
-            if p is not None:
-                return p
+        bad = lone_surrogate(value)
+        return None if bad is None else (path, bad)
+    items = value.items() if type(value) is dict else enumerate(value) if type(value) is list else ()
+    for k, v in items:
+        found = (_surrogate(k, path + (k,)) if type(k) is str else None) or _surrogate(v, path + (k,))
+        if found is not None:
+            return found
     return None
 
 
@@ -261,9 +252,9 @@ def parse_line(raw: bytes, where: str) -> Receipt:
         except json.JSONDecodeError as exc:
             raise _Bad(("<json>",), f"{exc.msg} (column {exc.colno})") from None
         if "\\ud" in text or "\\uD" in text:
-            bad = _surrogate_path(doc)
-            if bad is not None:
-                raise _Bad(bad, "lone surrogate in string (not valid Unicode)")
+            found = _surrogate(doc)
+            if found is not None:
+                raise _Bad(found[0], f"lone surrogate {found[1]} is not valid Unicode")
         return _receipt(doc, where)
     except _Bad as exc:
         raise ReceiptError(f"{where}: {field_name(exc.path)}: {exc.problem}") from None
