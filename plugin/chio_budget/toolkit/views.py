@@ -116,3 +116,14 @@ def report_view(result: dict[str, Any], group_by: str, policy: BudgetPolicy | No
             table.add_row(*row)
         parts.append(table)
     return Group(*parts)
+
+
+def ledger_view(rows: list[dict[str, Any]]) -> Table:
+    """``ledger show``: one row per counter (units as stored: the ledger does not know currencies)."""
+    table = Table(box=box.SIMPLE_HEAD, title=f"{len(rows)} counter(s)", title_justify="left")
+    for col in ("policy", "window", "scope", "id", "spent", "held", "total"):
+        table.add_column(col, justify="right" if col in ("spent", "held", "total") else "left", no_wrap=True)
+    for r in rows:
+        table.add_row(r["policy_id"], r["window"] or "-", r["scope"], Text(r["id"] or "-"), f"{r['spent']:,}",
+                      f"{r['held']:,}", f"{r['total']:,}")
+    return table
