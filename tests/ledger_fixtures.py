@@ -383,3 +383,53 @@ def late_commit_worker(uri: str, receipt_id: str, go_file: str, skew: float) -> 
         return ledger.commit(receipt_id).outcome
     finally:
         ledger.close()
+
+
+# -- workers of the extension tests (module level: spawned processes import them) ---------------
+
+
+def _opened_and_started(ledger, start):
+    """``(ledger, close?)``: a URI is opened here; ``start`` is a callable or a go file to wait for."""
+    import time as _time
+
+    from chio_budget.ledger import open_ledger
+
+    opened = isinstance(ledger, str)
+    if opened:
+        ledger = open_ledger(ledger)
+    if callable(start):
+        start()
+    elif start is not None:
+        while not os.path.exists(start):
+            _time.sleep(0.002)
+    return ledger, opened
+
+
+def window_worker(ledger, worker: int, n: int, start=None) -> int:
+    """``n`` reservations of 7 on either bucket of a two-bucket window (limit 100), each
+    reading the other bucket; keeps a hold only when it fits, releases it otherwise.
+    Returns how many holds it kept."""
+    ledger, opened = _opened_and_started(ledger, start)
+    buckets = [("p/b2/total/", "p/b1/total/"), ("p/b1/total/", "p/b2/total/")]
+    kept = 0
+    try:
+        for i in range(n):
+            key, other = buckets[(worker + i) % 2]
+            rid = f"win-{worker}-{i}"
+            if ledger.reserve(rid, [key], 7, reads={key: [other]}).before[0] + 7 <= 100:
+                kept += 1
+            else:
+                ledger.release(rid)
+        return kept
+    finally:
+        if opened:
+            ledger.close()
+
+
+def mark_worker(uri: str, marks: list[str], go_file: str) -> list[str]:
+    """Try every mark once; the marks this process was first to set."""
+    ledger, _ = _opened_and_started(uri, go_file)
+    try:
+        return [m for m in marks if ledger.mark_once(m, ttl=3600)]
+    finally:
+        ledger.close()

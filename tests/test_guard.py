@@ -218,7 +218,7 @@ def test_fresh_agent_and_session_ids_keep_no_counters_without_such_limits():
         meta = make_meta(f"agent-{i}", tool="expensive" if i % 2 else "t1", receipt=f"r{i}", session=f"sess-{i}")
         g.record(meta, 1)
         assert g.authorize(meta, 1).commit().outcome == "committed"
-    assert ledger.counters() == 2, "the total and the one listed tool; no per-agent or per-session counter"
+    assert len(list(ledger.counters())) == 2, "the total and the one listed tool; no per-agent or per-session counter"
     assert g.total_spent() == 20_000
 
 

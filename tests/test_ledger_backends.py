@@ -190,6 +190,21 @@ def test_sqlite_schema_1_is_migrated_on_open(tmp_path):
     assert v == 2
 
 
+def test_sqlite_schema_2_file_without_marks_gets_the_table_on_open(tmp_path):
+    """Files written before mark_once existed: the table is added, the version stays 2."""
+    path = tmp_path / "v2.db"
+    open_ledger(f"sqlite:///{path}").add([A], 5)
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE marks")
+    db.commit()
+    db.close()
+    ledger = open_ledger(f"sqlite:///{path}")
+    assert ledger.mark_once("m") and not ledger.mark_once("m")
+    assert ledger.totals([A]) == [5]
+    ledger.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+
+
 def test_sqlite_unknown_schema_version_is_refused(tmp_path):
     path = tmp_path / "v9.db"
     db = sqlite3.connect(path)

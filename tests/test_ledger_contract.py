@@ -503,6 +503,9 @@ def test_memory_expiry_index_stays_bounded_when_reservations_settle():
 # -- differential: every backend answers exactly like memory -----------------------------------
 
 
+_ORIGINAL_OPS = {"reserve", "commit", "commit_actual", "release", "add", "totals", "tick", "expire", "open", "get"}
+
+
 def _random_ops(seed: int, n: int):
     rnd = random.Random(seed)
     keys = [A, B, C, "p//session/s1"]
@@ -510,12 +513,40 @@ def _random_ops(seed: int, n: int):
     ids = [f"r{i}" for i in range(12)]
     for _ in range(n):
         op = rnd.choice(["reserve", "reserve", "commit", "commit_actual", "release", "add", "totals", "tick",
-                         "expire", "open", "get"])
+                         "expire", "open", "get",
+                         # the extensions
+                         "reserve_reads", "totals_reads", "mark", "mark_ttl", "adjust", "refund", "reset",
+                         "counters", "export", "import_merge"])
         amount = rnd.choice(amounts) if rnd.random() < 0.15 else rnd.randrange(0, 500)
         yield op, rnd.choice(ids), rnd.sample(keys, rnd.randint(1, 3)), amount, rnd.choice([1, 5, 30])
 
 
+_ALL = [A, B, C, "p//session/s1"]
+
+
+def _answer_extension(ledger: Ledger, op, rid, keys, amount, ttl):
+    reads = {keys[0]: [k for k in _ALL if k not in keys]}
+    if op == "reserve_reads":
+        r = ledger.reserve(rid, keys, amount, ttl=ttl, reads=reads)
+        return ("reserve", r.keys, r.amount, r.before, r.created, r.state, round(r.expires_at, 3))
+    if op == "totals_reads":
+        return ("totals", ledger.totals(keys, reads=reads))
+    if op in ("mark", "mark_ttl"):
+        return ("mark", ledger.mark_once(f"m-{rid}", ttl if op == "mark_ttl" else None))
+    if op in ("adjust", "refund"):
+        return ("adjust", ledger.adjust(keys[0], amount if op == "adjust" else -amount))
+    if op == "reset":
+        return ("reset", ledger.reset(keys))
+    if op == "counters":
+        return ("counters", sorted(ledger.counters()), sorted(ledger.counters("p//")))
+    if op == "export":
+        return ("export", sorted((r["key"], r["spent"]) for r in ledger.export()))
+    return ("import", ledger.import_([{"key": k, "spent": amount} for k in keys], merge=True))
+
+
 def _answer(ledger: Ledger, clk: FakeClock, op, rid, keys, amount, ttl):
+    if op not in _ORIGINAL_OPS:
+        return _answer_extension(ledger, op, rid, keys, amount, ttl)
     if op == "reserve":
         r: Reservation = ledger.reserve(rid, keys, amount, ttl=ttl, attempt=f"a-{rid}")
         return ("reserve", r.keys, r.amount, r.before, r.created, r.state, round(r.expires_at, 3), r.attempt)
@@ -528,7 +559,7 @@ def _answer(ledger: Ledger, clk: FakeClock, op, rid, keys, amount, ttl):
     elif op == "add":
         return ("add", ledger.add(keys, amount))
     elif op == "totals":
-        return ("totals", ledger.balances([A, B, C, "p//session/s1"]))
+        return ("totals", ledger.balances(_ALL))
     elif op == "tick":  # time passes; the next operation, whatever it is, must see expiry
         clk.advance(ttl / 2)
         return ("tick",)
@@ -546,7 +577,7 @@ def _answer(ledger: Ledger, clk: FakeClock, op, rid, keys, amount, ttl):
 def test_backends_agree_with_memory_on_random_operations(shared_store: Store, seed):
     mem_clock, clk = FakeClock(), FakeClock()
     reference, ledger = MemoryLedger(clock=mem_clock), shared_store.open(clock=clk)
-    for step, op in enumerate(_random_ops(seed, 250)):
+    for step, op in enumerate(_random_ops(seed, 400)):
         want = _answer(reference, mem_clock, *op)
         got = _answer(ledger, clk, *op)
         assert got == want, f"step {step}: {op}"

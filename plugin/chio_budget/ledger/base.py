@@ -20,6 +20,23 @@ Every backend promises the same things (one contract suite checks them all):
   (``committed_late``), atomically in the store, whichever process sends it.
 - Settled receipts are remembered ``settled_retention`` seconds and at most
   ``settled_max`` of them, oldest forgotten first.
+
+The extensions for rolling windows and for counters by hand (same promises
+on every backend):
+
+- **Windowed reads.** ``reserve(..., reads={k: [r1, r2]})`` and
+  ``totals(keys, reads=...)`` report for ``k`` the sum of its total and the
+  totals of ``r1, r2`` (capped at 2^64-1), read in the same atomic step as
+  the reservation; the cost is held on ``k`` only and reading never creates
+  a counter. A rolling window reads its older buckets this way.
+- **Once-only marks.** ``mark_once(mark, ttl)`` is True for exactly one
+  caller among every process sharing the ledger, until ``ttl`` passes (a
+  soft-limit warning is emitted once).
+- **Counters by hand.** ``counters(prefix)`` lists every counter that is not
+  zero; ``adjust`` moves spent by a signed delta, clamped to [0, 2^64-1];
+  ``reset`` zeroes spent and leaves holds held; ``export`` and ``import_``
+  move spent between ledgers (holds stay where they are: they settle or
+  expire there). Each write is atomic.
 """
 
 from __future__ import annotations
@@ -28,17 +45,20 @@ import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Iterator, Literal, Mapping, Protocol, Sequence, runtime_checkable
 from urllib.parse import quote
 
-from ..errors import LedgerError
-from ..money import U64_MAX
+from ..errors import AmountError, LedgerError
+from ..money import U64_MAX, check_units
 
 DEFAULT_TTL_SECONDS = 600.0
 DEFAULT_SETTLED_RETENTION = 86_400.0
 DEFAULT_SETTLED_MAX = 1_000_000
 BOOK_MAX_BYTES = 65_536
 """A reservation's ``book`` (the caller's per-call record) is stored with it; this bounds its JSON size."""
+
+Reads = Mapping[str, Sequence[str]]
+"""Windowed reads: a key of the request -> other counter keys whose totals are summed into it."""
 
 ReservationState = Literal["held", "committed", "released", "expired"]
 Outcome = Literal["committed", "committed_late", "released", "already_committed", "already_released", "expired",
@@ -97,8 +117,13 @@ class Ledger(Protocol):
     """Spend counters keyed by strings (see ``counter_key``)."""
 
     def reserve(self, receipt_id: str, keys: Sequence[str], cost: int, ttl: float | None = None, *,
-                book: Mapping[str, Any] | None = None, attempt: str | None = None) -> Reservation:
-        """Hold ``cost`` on every key until commit, release or expiry; idempotent by receipt."""
+                book: Mapping[str, Any] | None = None, attempt: str | None = None,
+                reads: Reads | None = None) -> Reservation:
+        """Hold ``cost`` on every key until commit, release or expiry; idempotent by receipt.
+
+        ``reads`` maps a key of ``keys`` to other counters whose totals are added
+        to that key's ``before`` (read atomically with the reservation; see ``Reads``).
+        """
         ...
 
     def commit(self, receipt_id: str, actual: int | None = None) -> Settlement:
@@ -113,8 +138,8 @@ class Ledger(Protocol):
         """The receipt's record in any state; None when unknown or forgotten."""
         ...
 
-    def totals(self, keys: Sequence[str]) -> list[int]:
-        """``min(spent + held, 2^64-1)`` per key, in ``keys`` order."""
+    def totals(self, keys: Sequence[str], reads: Reads | None = None) -> list[int]:
+        """``min(spent + held, 2^64-1)`` per key, in ``keys`` order (plus ``reads``, as in ``reserve``)."""
         ...
 
     def balances(self, keys: Sequence[str]) -> list[Balance]: ...
@@ -128,6 +153,37 @@ class Ledger(Protocol):
         ...
 
     def open_reservations(self) -> int: ...
+
+    def mark_once(self, mark: str, ttl: float | None = None) -> bool:
+        """True for the first caller of ``mark`` only (any process sharing the ledger), until
+        ``ttl`` seconds have passed (None: for as long as the ledger keeps its data)."""
+        ...
+
+    def counters(self, prefix: str = "") -> Iterator[tuple[str, Balance]]:
+        """Every counter whose key starts with ``prefix`` and whose spent or held is not 0.
+
+        A listing, not a snapshot: each balance is read atomically, but a counter
+        written while the listing runs may or may not be in it. Order: by key on
+        memory, SQLite and PostgreSQL; none on Redis.
+        """
+        ...
+
+    def adjust(self, key: str, delta: int) -> tuple[Balance, Balance]:
+        """Atomically ``spent += delta`` (a signed int), clamped to [0, 2^64-1]; ``(before, after)``."""
+        ...
+
+    def reset(self, keys: Sequence[str]) -> list[Balance]:
+        """Atomically set ``spent`` of every key to 0 (held stays held); the balances before."""
+        ...
+
+    def export(self) -> Iterator[dict[str, Any]]:
+        """``{"key": ..., "spent": int}`` per counter with spent > 0 (holds are not exported)."""
+        ...
+
+    def import_(self, records: Iterable[Mapping[str, Any]], *, merge: bool = False) -> int:
+        """Add each record's ``spent`` (saturating), all or nothing; refused (``LedgerError``)
+        when the ledger holds any counter, unless ``merge``. The number of counters written."""
+        ...
 
     def close(self) -> None: ...
 
@@ -196,3 +252,94 @@ def counter_key(policy_id: str, scope: str, ident: str = "", window: str = "") -
     ``d:2026-11-28``) is another key, so windows need no schema change.
     """
     return "/".join(quote(s, safe=":@-_.") for s in (policy_id, window, scope, ident))
+
+
+# -- the extensions' shared checks --------------------------------------------------------------
+
+
+def check_reads(reads: Reads | None, keys: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """``reads`` as ``{key: distinct read keys}`` (only non-empty entries), or a ``LedgerError``.
+
+    Every key of ``reads`` must be one of ``keys``; a read key named twice, or
+    the key itself, counts once (it is one counter, as in ``key_order``).
+    """
+    if reads is None:
+        return {}
+    if not isinstance(reads, Mapping):
+        raise LedgerError(f"reads must map a key to the keys it reads, got {type(reads).__name__}")
+    known = set(keys)
+    out: dict[str, tuple[str, ...]] = {}
+    for key, extra in reads.items():
+        if key not in known:
+            raise LedgerError(f"reads names {key!r}, which is not one of the request's keys")
+        if isinstance(extra, (str, bytes)) or not isinstance(extra, Sequence) \
+                or not all(isinstance(r, str) for r in extra):
+            raise LedgerError(f"reads[{key!r}] must be a sequence of counter keys, got {extra!r}")
+        distinct = tuple(r for r in dict.fromkeys(extra) if r != key)
+        if distinct:
+            out[key] = distinct
+    return out
+
+
+def read_keys(keys: Sequence[str], reads: Mapping[str, Sequence[str]]) -> list[str]:
+    """``keys`` then every read key not among them, each once: what one atomic read must fetch."""
+    return list(dict.fromkeys([*keys, *(r for extra in reads.values() for r in extra)]))
+
+
+def windowed(totals: Mapping[str, int], key: str, reads: Mapping[str, Sequence[str]]) -> int:
+    """``min(total(key) + sum(total(r) for r in reads[key]), 2^64-1)``."""
+    return min(totals[key] + sum(totals[r] for r in reads.get(key, ())), U64_MAX)
+
+
+def check_mark(mark: Any, ttl: Any) -> tuple[str, float | None]:
+    if not isinstance(mark, str) or not mark:
+        raise LedgerError(f"mark must be a non-empty string, got {mark!r}")
+    return mark, None if ttl is None else check_ttl(ttl, "mark ttl")
+
+
+def check_delta(delta: Any) -> int:
+    """A signed whole number of minor units (``adjust``); bools and floats are refused."""
+    if isinstance(delta, bool) or not isinstance(delta, int):
+        raise AmountError(f"delta: must be a signed integer number of minor units, got {delta!r}")
+    return delta
+
+
+def clamp_spent(value: int) -> int:
+    """Spent after ``adjust``: never below 0 (a refund stops at nothing spent), never above 2^64-1."""
+    return min(max(value, 0), U64_MAX)
+
+
+def spent_records(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Validate a whole import before anything is written: ``{key: spent}``, duplicates added
+    (saturating), zero amounts dropped. A bad record is a ``LedgerError`` naming its index."""
+    out: dict[str, int] = {}
+    for i, record in enumerate(records):
+        if not isinstance(record, Mapping) or set(record) != {"key", "spent"}:
+            got = sorted(record) if isinstance(record, Mapping) else type(record).__name__
+            raise LedgerError(f"import record {i}: expected {{'key': str, 'spent': int}}, got {got}")
+        key = record["key"]
+        if not isinstance(key, str):
+            raise LedgerError(f"import record {i}: key must be a string, got {key!r}")
+        try:
+            spent = check_units(record["spent"], "spent")
+        except AmountError as exc:
+            raise LedgerError(f"import record {i} ({key!r}): {exc}") from None
+        if spent:
+            out[key] = min(out.get(key, 0) + spent, U64_MAX)
+    return out
+
+
+def import_refused(first_key: str) -> LedgerError:
+    return LedgerError(f"import refused: the ledger already holds counters (e.g. {first_key!r}); "
+                       "import into an empty ledger, or merge (add to what is there)")
+
+
+class ExportsSpent:
+    """``export()`` on top of ``counters()`` (every backend mixes this in)."""
+
+    def counters(self, prefix: str = "") -> Iterator[tuple[str, Balance]]: ...
+
+    def export(self) -> Iterator[dict[str, Any]]:
+        for key, balance in self.counters():
+            if balance.spent:
+                yield {"key": key, "spent": balance.spent}

@@ -12,6 +12,10 @@ for every thread of the process.
   of the wall clock neither expires nor extends a reservation.
 - Settled receipts are kept in settle order, pruned from the oldest by age
   (``settled_retention``) and count (``settled_max``).
+- Counters at zero are not kept (a released hold, a reset, an ``add`` of 0
+  leave no entry), so memory grows only with counters that hold something.
+- Marks with a TTL sit in a second heap and are dropped once due (on the
+  next ``mark_once`` or ``expire``).
 """
 
 from __future__ import annotations
@@ -21,15 +25,17 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..money import U64_MAX, check_units
-from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance, Reservation,
-                   Settlement, check_ttl, dump_book, key_order, load_book, settled_outcome)
+from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance,
+                   ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, check_ttl,
+                   clamp_spent, dump_book, import_refused, key_order, load_book, read_keys, settled_outcome,
+                   spent_records, windowed)
 from .options import LedgerOptions, parse_query
 
 
-class MemoryLedger(ClosesOnExit):
+class MemoryLedger(ExportsSpent, ClosesOnExit):
     """The ``Ledger`` contract in one process (see the module docstring)."""
 
     def __init__(self, *, ttl: float = DEFAULT_TTL_SECONDS, settled_retention: float = DEFAULT_SETTLED_RETENTION,
@@ -42,6 +48,8 @@ class MemoryLedger(ClosesOnExit):
         self._held: dict[str, Reservation] = {}
         self._expiry: list[tuple[float, str]] = []  # heap; may hold entries of settled reservations
         self._settled: OrderedDict[str, tuple[Reservation, float]] = OrderedDict()  # settle order
+        self._marks: dict[str, float | None] = {}  # mark -> forgotten at (None: never)
+        self._mark_expiry: list[tuple[float, str]] = []  # heap
 
     @classmethod
     def from_uri(cls, uri: str = "memory", **options: Any) -> "MemoryLedger":
@@ -65,9 +73,18 @@ class MemoryLedger(ClosesOnExit):
                 held.pop(k, None)
 
     def _spend(self, keys: Sequence[str], amount: int) -> None:
-        spent = self._spent
         for k in keys:
-            spent[k] = min(spent.get(k, 0) + amount, U64_MAX)
+            self._set_spent(k, min(self._spent.get(k, 0) + amount, U64_MAX))
+
+    def _set_spent(self, key: str, value: int) -> None:
+        if value:
+            self._spent[key] = value
+        else:
+            self._spent.pop(key, None)
+
+    def _windowed(self, keys: Sequence[str], reads: Mapping[str, Sequence[str]]) -> list[int]:
+        totals = {k: self._total(k) for k in read_keys(keys, reads)}
+        return [windowed(totals, k, reads) for k in keys]
 
     def _settle(self, r: Reservation, state: str, amount: int, now: float, late: bool = False) -> None:
         self._held.pop(r.receipt_id, None)
@@ -105,8 +122,11 @@ class MemoryLedger(ClosesOnExit):
     # -- Ledger -------------------------------------------------------------
 
     def reserve(self, receipt_id: str, keys: Sequence[str], cost: int, ttl: float | None = None, *,
-                book: Mapping[str, Any] | None = None, attempt: str | None = None) -> Reservation:
+                book: Mapping[str, Any] | None = None, attempt: str | None = None,
+                reads: Reads | None = None) -> Reservation:
         cost = check_units(cost, "cost")
+        keys = key_order(keys)
+        reads = check_reads(reads, keys)
         ttl = self.options.ttl if ttl is None else check_ttl(ttl)
         stored_book = load_book(dump_book(book))  # a copy, exactly as the other backends give it back
         with self._lock:
@@ -114,8 +134,7 @@ class MemoryLedger(ClosesOnExit):
             found = self._find(receipt_id)
             if found is not None:
                 return replace(found, created=False)
-            keys = key_order(keys)
-            before = tuple(self._total(k) for k in keys)
+            before = tuple(self._windowed(keys, reads))
             self._hold(keys, cost)
             r = Reservation(receipt_id, keys, cost, before, now + ttl, True, "held", stored_book, attempt)
             self._held[receipt_id] = r
@@ -165,10 +184,11 @@ class MemoryLedger(ClosesOnExit):
             self._sweep()
             return [Balance(self._spent.get(k, 0), self._held_units.get(k, 0)) for k in keys]
 
-    def totals(self, keys: Sequence[str]) -> list[int]:
+    def totals(self, keys: Sequence[str], reads: Reads | None = None) -> list[int]:
+        reads = check_reads(reads, keys)
         with self._lock:
             self._sweep()
-            return [self._total(k) for k in keys]
+            return self._windowed(keys, reads)
 
     def add(self, keys: Sequence[str], cost: int) -> list[int]:
         cost = check_units(cost, "cost")
@@ -186,10 +206,57 @@ class MemoryLedger(ClosesOnExit):
         with self._lock:
             return len(self._held)
 
-    def counters(self) -> int:
-        """How many counters are kept (spent or held non-zero); for memory-bound tests and monitoring."""
+    # -- extensions ---------------------------------------------------------
+
+    def mark_once(self, mark: str, ttl: float | None = None) -> bool:
+        mark, ttl = check_mark(mark, ttl)
         with self._lock:
-            return len(self._spent.keys() | self._held_units.keys())
+            now, heap = self._clock(), self._mark_expiry
+            while heap and heap[0][0] <= now:
+                due, old = heapq.heappop(heap)
+                if self._marks.get(old) == due:
+                    del self._marks[old]
+            if mark in self._marks:
+                return False
+            self._marks[mark] = None if ttl is None else now + ttl
+            if ttl is not None:
+                heapq.heappush(heap, (now + ttl, mark))
+            return True
+
+    def counters(self, prefix: str = "") -> Iterator[tuple[str, Balance]]:
+        """A snapshot taken under the lock, in key order."""
+        with self._lock:
+            self._sweep()
+            keys = sorted(k for k in self._spent.keys() | self._held_units.keys() if k.startswith(prefix))
+            found = [(k, Balance(self._spent.get(k, 0), self._held_units.get(k, 0))) for k in keys]
+        return iter(found)
+
+    def adjust(self, key: str, delta: int) -> tuple[Balance, Balance]:
+        delta = check_delta(delta)
+        with self._lock:
+            self._sweep()
+            before = Balance(self._spent.get(key, 0), self._held_units.get(key, 0))
+            self._set_spent(key, clamp_spent(before.spent + delta))
+            return before, Balance(self._spent.get(key, 0), before.held)
+
+    def reset(self, keys: Sequence[str]) -> list[Balance]:
+        with self._lock:
+            self._sweep()
+            before = [Balance(self._spent.get(k, 0), self._held_units.get(k, 0)) for k in keys]
+            for k in keys:
+                self._spent.pop(k, None)
+            return before
+
+    def import_(self, records: Iterable[Mapping[str, Any]], *, merge: bool = False) -> int:
+        amounts = spent_records(records)
+        with self._lock:
+            self._sweep()
+            existing = next(iter(self._spent.keys() | self._held_units.keys()), None)
+            if existing is not None and not merge:
+                raise import_refused(existing)
+            for key, spent in amounts.items():
+                self._spend([key], spent)
+            return len(amounts)
 
     def close(self) -> None:
         pass

@@ -27,18 +27,22 @@ Promises (on top of the ``Ledger`` contract in ``base.py``):
 
 Keys share the hash tag ``{<prefix>}`` so the scripts stay legal on Redis
 Cluster: ``{p}:version`` ("2"), ``{p}:spent`` and ``{p}:held`` (hashes
-key -> decimal), ``{p}:reservations`` (hash receipt -> JSON record),
-``{p}:expiry`` (zset receipt -> expires_at), ``{p}:settled`` (zset receipt ->
-settled_at). Schema-1 data (one combined ``{p}:counters`` hash) is migrated
-by the first script that sees it, atomically.
+key -> decimal; a counter at zero has no field), ``{p}:reservations`` (hash
+receipt -> JSON record), ``{p}:expiry`` (zset receipt -> expires_at),
+``{p}:settled`` (zset receipt -> settled_at), ``{p}:marks`` and
+``{p}:mark_expiry`` (``mark_once``; added without a version bump, since
+older scripts never read them), ``{p}:import:<token>`` (an import's staging
+hash, gone when the import ends and expiring after an hour if it never
+does). Schema-1 data (one combined ``{p}:counters`` hash) is migrated by the
+first script that sees it, atomically.
 """
 
 from __future__ import annotations
 
 import json
-import time
+import uuid
 from importlib import resources
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import urlencode, urlsplit
 
 import redis as redis_py
@@ -46,14 +50,17 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..errors import LedgerError
-from ..money import check_units
-from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance, Reservation,
-                   Settlement, check_ttl, dump_book, key_order)
+from ..money import U64_MAX, check_units
+from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance,
+                   ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, check_ttl,
+                   dump_book, import_refused, key_order, read_keys, spent_records, windowed)
 from .options import LedgerOptions, parse_query
 
 DEFAULT_PREFIX = "chio-budget"
 SWEEP_LIMIT = 1000  # as in lua/lib.lua
-_SCRIPTS = ("reserve", "commit", "release", "get", "balances", "add", "expire")
+_SCRIPTS = ("reserve", "commit", "release", "get", "balances", "add", "expire", "mark", "adjust", "reset", "import")
+_BATCH = 1000  # keys per balances script in counters(), fields per HSET when staging an import
+_STAGING_TTL_MS = 3_600_000
 
 
 def _lua(name: str) -> str:
@@ -64,6 +71,11 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
 def _reservation(receipt_id: str, raw: Any, created: bool) -> Reservation:
     r = json.loads(_s(raw))
     settled = r.get("c")
@@ -72,7 +84,7 @@ def _reservation(receipt_id: str, raw: Any, created: bool) -> Reservation:
                        None if settled is None else int(settled), bool(r.get("l")))
 
 
-class RedisLedger(ClosesOnExit):
+class RedisLedger(ExportsSpent, ClosesOnExit):
     """The ``Ledger`` contract over one Redis server (see the module docstring).
 
     Thread-safe (redis-py's connection pool) and fork-safe (the pool reconnects
@@ -90,7 +102,9 @@ class RedisLedger(ClosesOnExit):
         self.options = LedgerOptions.make(ttl, settled_retention, settled_max)
         tag = "{" + prefix + "}"
         self.keys = [f"{tag}:{name}" for name in
-                     ("version", "spent", "held", "reservations", "expiry", "settled", "counters")]
+                     ("version", "spent", "held", "reservations", "expiry", "settled", "counters", "marks",
+                      "mark_expiry")]
+        self._tag = tag
         self._clock = clock
         self._limits = [repr(self.options.settled_retention), str(self.options.settled_max)]
         lib = _lua("lib")
@@ -122,24 +136,36 @@ class RedisLedger(ClosesOnExit):
 
     # -- plumbing ----------------------------------------------------------------
 
-    def _run(self, name: str, *args: Any) -> Any:
+    def _run(self, name: str, *args: Any, extra_keys: Sequence[str] = ()) -> Any:
         """One script; every failure (Redis, a reply we cannot read) is a ``LedgerError``."""
         now = "" if self._clock is None else repr(float(self._clock()))
         try:
-            return self._scripts[name](keys=self.keys, args=[now, *self._limits, *args])
+            return self._scripts[name](keys=[*self.keys, *extra_keys], args=[now, *self._limits, *args])
+        except redis_py.RedisError as exc:
+            raise LedgerError(f"redis ledger: {type(exc).__name__}: {exc}") from None
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One plain command on the client, failures wrapped like ``_run``'s."""
+        try:
+            return getattr(self.client, method)(*args, **kwargs)
         except redis_py.RedisError as exc:
             raise LedgerError(f"redis ledger: {type(exc).__name__}: {exc}") from None
 
     # -- Ledger ------------------------------------------------------------------
 
     def reserve(self, receipt_id: str, keys: Sequence[str], cost: int, ttl: float | None = None, *,
-                book: Mapping[str, Any] | None = None, attempt: str | None = None) -> Reservation:
+                book: Mapping[str, Any] | None = None, attempt: str | None = None,
+                reads: Reads | None = None) -> Reservation:
         """Atomically add ``cost`` to every key's held amount until commit, release or expiry."""
         cost = check_units(cost, "cost")
+        keys = key_order(keys)
+        reads = check_reads(reads, keys)
         ttl = self.options.ttl if ttl is None else check_ttl(ttl)
         book_text = dump_book(book) or ""
-        created, raw = self._run("reserve", receipt_id, str(cost), repr(ttl), attempt or "", book_text,
-                                 *key_order(keys))
+        args = [receipt_id, str(cost), repr(ttl), attempt or "", book_text, str(len(keys)), *keys]
+        for k in keys:
+            args += [str(len(reads.get(k, ()))), *reads.get(k, ())]
+        created, raw = self._run("reserve", *args)
         return _reservation(receipt_id, raw, bool(int(created)))
 
     def commit(self, receipt_id: str, actual: int | None = None) -> Settlement:
@@ -165,8 +191,13 @@ class RedisLedger(ClosesOnExit):
         flat = [int(_s(v)) for v in self._run("balances", *keys)]
         return [Balance(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
-    def totals(self, keys: Sequence[str]) -> list[int]:
-        return [b.total for b in self.balances(keys)]
+    def totals(self, keys: Sequence[str], reads: Reads | None = None) -> list[int]:
+        reads = check_reads(reads, keys)
+        if not reads:
+            return [b.total for b in self.balances(keys)]
+        every = read_keys(keys, reads)  # one script: every total read at the same instant
+        totals = {k: b.total for k, b in zip(every, self.balances(every))}
+        return [windowed(totals, k, reads) for k in keys]
 
     def add(self, keys: Sequence[str], cost: int) -> list[int]:
         """The Rust ``record``: ``spent += cost``, saturating at 2^64-1; the new totals."""
@@ -183,17 +214,64 @@ class RedisLedger(ClosesOnExit):
                 return gone
 
     def open_reservations(self) -> int:
-        try:
-            return int(self.client.zcard(self.keys[4]))
-        except redis_py.RedisError as exc:
-            raise LedgerError(f"redis ledger: {type(exc).__name__}: {exc}") from None
+        return int(self._call("zcard", self.keys[4]))
+
+    # -- extensions -----------------------------------------------------------------
+
+    def mark_once(self, mark: str, ttl: float | None = None) -> bool:
+        mark, ttl = check_mark(mark, ttl)
+        return bool(int(self._run("mark", mark, "" if ttl is None else repr(ttl))))
+
+    def counters(self, prefix: str = "") -> Iterator[tuple[str, Balance]]:
+        """HSCAN over the spent and held hashes, balances read ``_BATCH`` at a time by one
+        script each; in no particular order."""
+        seen: set[str] = set()
+        match = _glob_escape(prefix) + "*"
+        for field in (self.keys[1], self.keys[2]):
+            cursor = 0
+            while True:
+                cursor, page = self._call("hscan", field, cursor, match, _BATCH)
+                batch = [k for k in dict.fromkeys(_s(f) for f in page) if k not in seen]
+                seen.update(batch)
+                for key, balance in zip(batch, self.balances(batch) if batch else ()):
+                    if balance.spent or balance.held:
+                        yield key, balance
+                if int(cursor) == 0:
+                    break
+
+    def adjust(self, key: str, delta: int) -> tuple[Balance, Balance]:
+        delta = check_delta(delta)
+        spent, held, after = (int(_s(v)) for v in
+                              self._run("adjust", key, "+" if delta >= 0 else "-", str(min(abs(delta), U64_MAX))))
+        return Balance(spent, held), Balance(after, held)
+
+    def reset(self, keys: Sequence[str]) -> list[Balance]:
+        keys = list(keys)
+        uniq = list(key_order(keys))
+        if not uniq:
+            return []
+        flat = [int(_s(v)) for v in self._run("reset", *uniq)]
+        found = {k: Balance(flat[2 * i], flat[2 * i + 1]) for i, k in enumerate(uniq)}
+        return [found[k] for k in keys]
+
+    def import_(self, records: Iterable[Mapping[str, Any]], *, merge: bool = False) -> int:
+        """Staged in a hash of this prefix's slot, then added by one script: all or nothing.
+        The script runs in O(records); an import of 100,000 counters blocks the server for
+        about as long as 100,000 HSETs."""
+        amounts = spent_records(records)
+        staging = f"{self._tag}:import:{uuid.uuid4().hex}"
+        items = [x for k, v in amounts.items() for x in (k, str(v))]
+        for i in range(0, len(items), 2 * _BATCH):
+            self._call("hset", staging, items=items[i:i + 2 * _BATCH])
+            self._call("pexpire", staging, _STAGING_TTL_MS)  # a crashed import cleans up after itself
+        status, detail = self._run("import", "1" if merge else "0", extra_keys=[staging])
+        if _s(status) == "refused":
+            raise import_refused(_s(detail))
+        return int(detail)
 
     def clear(self) -> None:
         """Delete every key of this prefix (tests, resets). Not part of ``Ledger``."""
-        try:
-            self.client.delete(*self.keys)
-        except redis_py.RedisError as exc:
-            raise LedgerError(f"redis ledger: {type(exc).__name__}: {exc}") from None
+        self._call("delete", *self.keys)
 
     def close(self) -> None:
         try:

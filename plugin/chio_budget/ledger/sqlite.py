@@ -32,23 +32,26 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import unquote, urlsplit
 
 from ..errors import LedgerError
 from ..money import U64_MAX, check_units
-from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance, Reservation,
-                   Settlement, check_ttl, dump_book, key_order, load_book, settled_outcome)
+from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance,
+                   ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, check_ttl,
+                   clamp_spent, dump_book, import_refused, key_order, load_book, read_keys, settled_outcome,
+                   spent_records, windowed)
 from .options import LedgerOptions, check_seconds, parse_query
 from .sqlite_schema import ensure_schema, read_units, transaction
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _ROW = "keys, amount, before, expires_at, state, settled_amount, late, attempt, book"
+_PAGE = 1000  # counters() reads this many per transaction
 _UPSERT = ("INSERT INTO counters (key, spent, held) VALUES (?, ?, ?) "
            "ON CONFLICT (key) DO UPDATE SET spent = excluded.spent, held = excluded.held")
 
 
-class SqliteLedger(ClosesOnExit):
+class SqliteLedger(ExportsSpent, ClosesOnExit):
     """The ``Ledger`` contract over one SQLite file (see the module docstring).
 
     Thread-safe (one connection per ledger, behind a lock) and safe for many
@@ -124,13 +127,18 @@ class SqliteLedger(ClosesOnExit):
     # -- helpers (inside a transaction) ----------------------------------------
 
     def _balances(self, cur: sqlite3.Cursor, keys: Sequence[str]) -> list[tuple[int, int]]:
-        if not keys:
-            return []
-        marks = ",".join("?" * len(keys))
-        found = {k: (read_units(s, f"counter {k!r} spent"), read_units(h, f"counter {k!r} held", cap=False))
-                 for k, s, h in cur.execute(f"SELECT key, spent, held FROM counters WHERE key IN ({marks})",
-                                            tuple(keys))}
+        found: dict[str, tuple[int, int]] = {}
+        for i in range(0, len(keys), 500):  # SQLite bounds the number of parameters
+            batch = tuple(keys[i:i + 500])
+            found.update((k, (read_units(s, f"counter {k!r} spent"), read_units(h, f"counter {k!r} held", cap=False)))
+                         for k, s, h in cur.execute("SELECT key, spent, held FROM counters WHERE key IN "
+                                                    f"({','.join('?' * len(batch))})", batch))
         return [found.get(k, (0, 0)) for k in keys]
+
+    def _windowed(self, cur: sqlite3.Cursor, keys: Sequence[str], reads: Mapping[str, Sequence[str]]) -> list[int]:
+        every = read_keys(keys, reads)
+        totals = {k: min(s + h, U64_MAX) for k, (s, h) in zip(every, self._balances(cur, every))}
+        return [windowed(totals, k, reads) for k in keys]
 
     def _change(self, cur: sqlite3.Cursor, keys: Sequence[str], spend: int = 0, hold: int = 0) -> list[int]:
         """``spent += spend`` (saturating), ``held += hold`` (exact, >= 0) on each key; the new totals."""
@@ -189,10 +197,12 @@ class SqliteLedger(ClosesOnExit):
     # -- Ledger ----------------------------------------------------------------
 
     def reserve(self, receipt_id: str, keys: Sequence[str], cost: int, ttl: float | None = None, *,
-                book: Mapping[str, Any] | None = None, attempt: str | None = None) -> Reservation:
+                book: Mapping[str, Any] | None = None, attempt: str | None = None,
+                reads: Reads | None = None) -> Reservation:
         """Atomically add ``cost`` to every key's held amount until commit, release or expiry."""
         cost = check_units(cost, "cost")
         keys = key_order(keys)
+        reads = check_reads(reads, keys)
         ttl = self.options.ttl if ttl is None else check_ttl(ttl)
         book_text = dump_book(book)
         with self._tx() as cur:
@@ -201,7 +211,7 @@ class SqliteLedger(ClosesOnExit):
             if row is not None:
                 return self._reservation(receipt_id, row, created=False)
             cur.execute("DELETE FROM reservations WHERE receipt_id = ?", (receipt_id,))  # forgotten: reuse the id
-            before = [min(s + h, U64_MAX) for s, h in self._balances(cur, keys)]
+            before = self._windowed(cur, keys, reads)
             self._change(cur, keys, hold=cost)
             cur.execute(f"INSERT INTO reservations (receipt_id, {_ROW}) VALUES (?, ?, ?, ?, ?, 'held', NULL, 0, ?, ?)",
                         (receipt_id, json.dumps(keys), str(cost), json.dumps([str(b) for b in before]), now + ttl,
@@ -250,8 +260,11 @@ class SqliteLedger(ClosesOnExit):
         found = dict(zip(uniq, self._read(lambda cur, now: self._balances(cur, uniq))))
         return [Balance(*found[k]) for k in keys]
 
-    def totals(self, keys: Sequence[str]) -> list[int]:
-        return [b.total for b in self.balances(keys)]
+    def totals(self, keys: Sequence[str], reads: Reads | None = None) -> list[int]:
+        reads = check_reads(reads, keys)
+        if not reads:
+            return [b.total for b in self.balances(keys)]
+        return self._read(lambda cur, now: self._windowed(cur, keys, reads))
 
     def add(self, keys: Sequence[str], cost: int) -> list[int]:
         """The Rust ``record``: ``spent += cost``, saturating at 2^64-1; the new totals."""
@@ -263,7 +276,73 @@ class SqliteLedger(ClosesOnExit):
 
     def expire(self) -> list[str]:
         with self._tx() as cur:
+            self._forget_marks(cur, self._clock())
             return self._sweep(cur)[1]
+
+    # -- extensions --------------------------------------------------------------
+
+    @staticmethod
+    def _forget_marks(cur: sqlite3.Cursor, now: float) -> None:
+        cur.execute("DELETE FROM marks WHERE mark IN (SELECT mark FROM marks WHERE expires_at <= ? LIMIT 1000)",
+                    (now,))
+
+    def mark_once(self, mark: str, ttl: float | None = None) -> bool:
+        mark, ttl = check_mark(mark, ttl)
+        with self._tx() as cur:
+            now = self._clock()
+            cur.execute("DELETE FROM marks WHERE mark = ? AND expires_at <= ?", (mark, now))
+            self._forget_marks(cur, now)
+            cur.execute("INSERT INTO marks (mark, expires_at) VALUES (?, ?) ON CONFLICT (mark) DO NOTHING",
+                        (mark, None if ttl is None else now + ttl))
+            return cur.rowcount == 1
+
+    def counters(self, prefix: str = "") -> Iterator[tuple[str, Balance]]:
+        """In key order, ``_PAGE`` counters per read transaction (never a lock held while the caller works)."""
+        after, first = prefix, True
+        while True:
+            page = self._read(lambda cur, now: cur.execute(
+                f"SELECT key, spent, held FROM counters WHERE key {'>=' if first else '>'} ? "
+                f"AND (spent != '0' OR held != '0') ORDER BY key LIMIT {_PAGE}", (after,)).fetchall())
+            for key, spent, held in page:
+                if not key.startswith(prefix):
+                    return
+                yield key, Balance(read_units(spent, f"counter {key!r} spent"),
+                                   read_units(held, f"counter {key!r} held", cap=False))
+            if len(page) < _PAGE:
+                return
+            after, first = page[-1][0], False
+
+    def adjust(self, key: str, delta: int) -> tuple[Balance, Balance]:
+        delta = check_delta(delta)
+        with self._tx() as cur:
+            self._sweep(cur)
+            spent, held = self._balances(cur, [key])[0]
+            after = clamp_spent(spent + delta)
+            if after != spent:
+                cur.execute(_UPSERT, (key, str(after), str(held)))
+            return Balance(spent, held), Balance(after, held)
+
+    def reset(self, keys: Sequence[str]) -> list[Balance]:
+        keys = list(keys)
+        uniq = list(key_order(keys))
+        with self._tx() as cur:
+            self._sweep(cur)
+            found = dict(zip(uniq, self._balances(cur, uniq)))
+            cur.executemany("UPDATE counters SET spent = '0' WHERE key = ?", [(k,) for k in uniq])
+        return [Balance(*found[k]) for k in keys]
+
+    def import_(self, records: Iterable[Mapping[str, Any]], *, merge: bool = False) -> int:
+        """All records in one transaction: all of them are written or none."""
+        amounts = spent_records(records)
+        with self._tx() as cur:
+            self._sweep(cur)
+            held = cur.execute("SELECT key FROM counters WHERE spent != '0' OR held != '0' LIMIT 1").fetchone()
+            if held is not None and not merge:
+                raise import_refused(held[0])
+            keys = list(amounts)
+            cur.executemany(_UPSERT, [(k, str(min(s + amounts[k], U64_MAX)), str(h))
+                                      for k, (s, h) in zip(keys, self._balances(cur, keys))])
+            return len(amounts)
 
     def open_reservations(self) -> int:
         with self._tx(write=False) as cur:

@@ -53,9 +53,21 @@ def transaction(conn: sqlite3.Connection, begin: str) -> Iterator[None]:
         raise
 
 
+ADDITIVE = {"marks": "marks.sql"}
+"""Tables added to schema 2 without a version bump (older code never reads them): table -> file."""
+
+
+def _complete(conn: sqlite3.Connection) -> bool:
+    if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+        return False
+    names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return names >= ADDITIVE.keys()
+
+
 def ensure_schema(conn: sqlite3.Connection, path: object) -> None:
-    """Leave the file at ``SCHEMA_VERSION``: create it, migrate it, or refuse an unknown version."""
-    if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+    """Leave the file at ``SCHEMA_VERSION`` with every additive table: create it, migrate it,
+    or refuse an unknown version. Read-only when nothing is missing."""
+    if _complete(conn):
         return
     with transaction(conn, "BEGIN IMMEDIATE"):
         version = conn.execute("PRAGMA user_version").fetchone()[0]  # again, under the write lock
@@ -67,6 +79,9 @@ def ensure_schema(conn: sqlite3.Connection, path: object) -> None:
         elif version != SCHEMA_VERSION:
             raise LedgerError(f"sqlite ledger: {path}: schema version {version}; this code knows 1 "
                               f"(migrated on open) and {SCHEMA_VERSION}")
+        for name in ADDITIVE.values():
+            for statement in _statements(name):
+                conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 

@@ -1,7 +1,9 @@
 -- Shared prelude of every Redis ledger script (redis.py puts it in front of each).
 -- KEYS: 1 version, 2 spent (hash key -> u64), 3 held (hash key -> uncapped sum),
 --       4 reservations (hash receipt -> JSON), 5 expiry (zset receipt -> expires_at),
---       6 settled (zset receipt -> settled_at), 7 the schema-1 counters key.
+--       6 settled (zset receipt -> settled_at), 7 the schema-1 counters key,
+--       8 marks (hash mark -> forgotten-at or ''), 9 mark expiry (zset mark -> forgotten-at);
+--       import.lua adds 10, its staging hash. Every key shares one hash tag (one cluster slot).
 -- ARGV: 1 now ('' = the server's TIME), 2 settled_retention (s), 3 settled_max; op args follow.
 -- Money never touches a Lua number (a double, exact only to 2^53): amounts are
 -- canonical decimal strings, added and subtracted digit by digit.
@@ -11,7 +13,7 @@
 if redis.replicate_commands then redis.replicate_commands() end
 
 local K_VERSION, K_SPENT, K_HELD, K_RES = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local K_EXPIRY, K_SETTLED, K_V1 = KEYS[5], KEYS[6], KEYS[7]
+local K_EXPIRY, K_SETTLED, K_V1, K_MARKS, K_MARK_EXPIRY = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local U64MAX = '18446744073709551615'
 local SWEEP_LIMIT = 1000
 
@@ -71,13 +73,35 @@ local function balance(k)
   return s, h
 end
 
+-- {spent1, held1, spent2, held2, ...} of the keys ARGV[first..]
+local function flat_balances(first)
+  local out = {}
+  for i = first, #ARGV do
+    local s, h = balance(ARGV[i])
+    out[#out + 1] = s
+    out[#out + 1] = h
+  end
+  return out
+end
+
+-- a counter at zero keeps no field (so HLEN counts counters that hold something)
+local function set_spent(k, s)
+  if s == '0' then redis.call('HDEL', K_SPENT, k) else redis.call('HSET', K_SPENT, k, s) end
+end
+
+-- min(spent + held, 2^64-1) of k
+local function total(k)
+  local s, h = balance(k)
+  return cap(dadd(s, h))
+end
+
 -- spent += spend (saturating), held += hold_add, held -= hold_sub (exact, floored at 0);
 -- nil leaves that part alone. Returns the new totals min(spent + held, 2^64-1).
 local function change(keys, spend, hold_add, hold_sub)
   local out = {}
   for _, k in ipairs(keys) do
     local s, h = balance(k)
-    if spend then s = cap(dadd(s, spend)); redis.call('HSET', K_SPENT, k, s) end
+    if spend then s = cap(dadd(s, spend)); set_spent(k, s) end
     if hold_add or hold_sub then
       if hold_add then h = dadd(h, hold_add) end
       if hold_sub then h = dsub(h, hold_sub) end
@@ -149,6 +173,14 @@ local function sweep(now)
     forget(id)
   end
   return gone
+end
+
+-- drop marks whose time has come (up to SWEEP_LIMIT per call)
+local function forget_marks(now)
+  for _, old in ipairs(redis.call('ZRANGEBYSCORE', K_MARK_EXPIRY, '-inf', fmt(now), 'LIMIT', 0, SWEEP_LIMIT)) do
+    redis.call('HDEL', K_MARKS, old)
+    redis.call('ZREM', K_MARK_EXPIRY, old)
+  end
 end
 
 -- Schema 1 kept one combined counter per key in K_V1 and the expiry zset at K_HELD.

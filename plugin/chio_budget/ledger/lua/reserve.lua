@@ -1,14 +1,20 @@
 -- ARGV[4] receipt, ARGV[5] cost, ARGV[6] ttl (s), ARGV[7] attempt ('' none), ARGV[8] book JSON ('' none),
--- ARGV[9..] keys (distinct). Reply: {created (0|1), record JSON}.
+-- ARGV[9] n, ARGV[10 .. 9+n] keys (distinct), then per key: a count c and c keys it reads
+-- (windowed reads: their totals are added to that key's before, nothing is held on them).
+-- Reply: {created (0|1), record JSON}.
 local id = ARGV[4]
 local r = find(id, NOW)
 if r then return {0, cjson.encode(r)} end
 local cost = need_u64(ARGV[5], 'cost')
+local n = tonumber(ARGV[9])
 local keys, before = {}, {}
-for i = 9, #ARGV do
-  local s, h = balance(ARGV[i])
+local j = 10 + n
+for i = 10, 9 + n do
+  local acc = total(ARGV[i])
+  for x = j + 1, j + tonumber(ARGV[j]) do acc = dadd(acc, total(ARGV[x])) end
+  j = j + tonumber(ARGV[j]) + 1
   keys[#keys + 1] = ARGV[i]
-  before[#before + 1] = cap(dadd(s, h))
+  before[#before + 1] = cap(acc)
 end
 change(keys, nil, cost, nil)
 local exp = fmt(NOW + tonumber(ARGV[6]))
