@@ -11,8 +11,9 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from . import cli_lint, cli_report, cli_simulate
+    from . import cli_ledger, cli_lint, cli_report, cli_simulate
 
     cli_report.register(app)
     cli_lint.register(app)
     cli_simulate.register(app)
+    cli_ledger.register(app)
