@@ -253,3 +253,22 @@ def test_without_matplotlib_the_error_names_the_extra(tmp_path, pol, monkeypatch
 
 def test_help_documents_exit_codes():
     assert "Exit codes: 0 simulated" in run("simulate", "--help").output
+
+
+def test_chart_data_is_bounded_whatever_the_run_length():
+    from chio_budget.toolkit import timeline as tl
+
+    s = tl.Series()
+    for i in range(100_000):
+        s.add(i, i)
+    assert len(s.points) <= 2 * tl.MAX_POINTS + 1 and s.points[0] == (0, 0) and s.points[-1] == (99_999, 99_999)
+    gaps = {b[0] - a[0] for a, b in zip(s.points, s.points[1:-1])}
+    assert len(gaps) == 1  # evenly thinned: old and new parts equally dense
+    t = tl.Timeline()
+    t.spend(0, {"total": 10**6, "agent": 10**6}, {"agent": "whale"}, 10**6)
+    for i in range(3 * tl.MAX_KEYS):
+        t.spend(i, {"total": 1, "agent": 1}, {"agent": f"a{i}"}, 1)
+    t.spend(10**6, {"total": 1, "agent": 5}, {"agent": f"a{3 * tl.MAX_KEYS - 1}"}, 4)
+    agents = t.keys["agent"]
+    assert len(agents) <= tl.MAX_KEYS and "whale" in agents  # the biggest spender keeps its line
+    assert agents[f"a{3 * tl.MAX_KEYS - 1}"].points[0] == (3 * tl.MAX_KEYS - 1, 0)  # a recent key kept whole

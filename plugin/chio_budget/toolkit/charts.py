@@ -39,7 +39,7 @@ def _when(ts: int) -> datetime:
 
 
 def _panel(ax: Any, title: str, lines: dict[str, list[tuple[int, int]]], limits: dict[str, int],
-           marks: list[Any], currency: str) -> None:
+           marks: list[Any], denied: int, currency: str) -> None:
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
     from matplotlib.ticker import FuncFormatter
 
@@ -52,7 +52,7 @@ def _panel(ax: Any, title: str, lines: dict[str, list[tuple[int, int]]], limits:
                     ha="right", va="bottom", alpha=0.8)
     if marks:
         ax.scatter([_when(m.timestamp) for m in marks], [m.value for m in marks], marker="x", color="#d62728",
-                   s=14, linewidths=0.8, label=f"deny ({len(marks)}{'+' if len(marks) >= 2000 else ''})", zorder=3)
+                   s=14, linewidths=0.8, label=f"deny ({denied:,})", zorder=3)
     exp = minor_unit_exponent(currency)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v / 10**exp:,.{min(exp, 2)}f}"))
     locator = AutoDateLocator()
@@ -79,7 +79,8 @@ def draw(sim: Simulation, *, title: str | None = None) -> bytes:
     fig = Figure(figsize=(12, 8), dpi=110, layout="constrained")
     axes = fig.subplots(2, 2, sharex=True)
     _panel(axes[0][0], "total", {"total": sim.timeline.total.points},
-           {f"max_total {money(sim.limit('total'), cur)}": sim.limit("total")}, sim.timeline.marks.get("total", []), cur)
+           {f"max_total {money(sim.limit('total'), cur)}": sim.limit("total")}, sim.timeline.marks.get("total", []),
+           sim.denied_by_scope.get("total", 0), cur)
     for ax, scope in ((axes[0][1], "agent"), (axes[1][0], "session"), (axes[1][1], "tool")):
         lines = _top(sim, scope)
         if scope == "tool":
@@ -88,7 +89,8 @@ def draw(sim: Simulation, *, title: str | None = None) -> bytes:
         else:
             lim = sim.limit(scope)
             limits = {} if lim is None else {f"max_per_{scope} {money(lim, cur)}": lim}
-        _panel(ax, f"top {TOP} {scope}s by spend", lines, limits, sim.timeline.marks.get(scope, []), cur)
+        _panel(ax, f"top {TOP} {scope}s by spend", lines, limits, sim.timeline.marks.get(scope, []),
+               sim.denied_by_scope.get(scope, 0), cur)
     c = sim.total
     fig.suptitle(title or f"policy {sim.policy.id}: {c.allowed:,} allowed, {c.denied:,} denied of {c.calls:,} calls",
                  fontsize=12)

@@ -84,7 +84,7 @@ class Simulation:
             self._warning(call, w)
         if d.allow:
             keys = {"agent": call.agent_id, "session": call.session_id, "tool": call.tool_key}
-            self.timeline.spend(call.timestamp, {scope: s.spent for scope, s in stats.items()}, keys)
+            self.timeline.spend(call.timestamp, {scope: s.spent for scope, s in stats.items()}, keys, call.cost)
             return
         if d.error is not None:
             self.errors += 1

@@ -43,9 +43,9 @@ def _rows(rows: list[dict[str, Any]], currency: str) -> list[list[str]]:
 
 
 def _top(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The biggest spenders, plus every key that was denied or has a limit of its own (tools)."""
+    """The ``TOP`` biggest spenders, then up to ``TOP`` more of those that were denied."""
     by_spend = sorted(rows, key=lambda r: (-r["spent"], r["key"]))
-    return by_spend[:TOP] + [r for r in by_spend[TOP:] if r["denied"]][: TOP]
+    return by_spend[:TOP] + [r for r in by_spend[TOP:] if r["denied"]][:TOP]
 
 
 def sections(result: dict[str, Any], inputs: dict[str, Any]) -> list[Section]:
@@ -70,7 +70,8 @@ def sections(result: dict[str, Any], inputs: dict[str, Any]) -> list[Section]:
     for scope in ("agent", "session", "tool"):
         rows = result["spend"][scope]
         shown = _top(rows)
-        more = f" (top {len(shown)} of {len(rows):,})" if len(shown) < len(rows) else ""
+        more = f" ({len(shown)} of {len(rows):,}: the {TOP} biggest, then denied ones)" \
+            if len(shown) < len(rows) else ""
         out.append((f"spend by {scope}{more}", head, _rows(shown, cur)))
     if result["warnings"]:
         out.append(("warnings", ["count", "warning", "first"],
