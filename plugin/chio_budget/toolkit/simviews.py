@@ -148,13 +148,17 @@ def diff_view(summary: dict[str, Any], listed: list[dict[str, Any]]) -> Group:
                      f"{s['calls']['allowed']:,} allowed, {s['calls']['denied']:,} denied, spent "
                      f"{money(s['spent'], s['currency'])} ({(s['policy_revision'] or '')[:19]})")
     head.add_row("calls", f"{summary['calls']:,}, {summary['differ']:,} decided differently")
+    head.add_row("denied by both", f"{summary['denied_in_both_differently']:,} for different scopes")
+    skipped = summary["decided_only_in_a"] + summary["decided_only_in_b"]
+    if skipped:
+        head.add_row("skipped by one side", f"{summary['decided_only_in_b']:,} only in b, "
+                                            f"{summary['decided_only_in_a']:,} only in a (--skip-bad)")
     scopes = Table(box=box.SIMPLE_HEAD, title="differences by scope", title_justify="left")
     for col in ("scope", "denied only in a", "denied only in b"):
         scopes.add_column(col, justify="left" if col == "scope" else "right")
     only_a, only_b = summary["denied_only_in_a"], summary["denied_only_in_b"]
     for scope in sorted(set(only_a) | set(only_b)):
         scopes.add_row(scope, f"{only_a.get(scope, 0):,}", f"{only_b.get(scope, 0):,}")
-    scopes.add_row("(denied in both, other scopes)", f"{summary['denied_in_both_differently']:,}", "")
     calls = Table(box=box.SIMPLE_HEAD, title=f"differing calls (first {len(listed)} of {summary['differ']:,}; "
                   "--json lists all)", title_justify="left")
     for col in ("when", "receipt", "agent", "session", "tool", "cost", "a", "b"):
