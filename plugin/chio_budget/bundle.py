@@ -25,6 +25,7 @@ from typing import Any
 
 from .compiler import DATA_ROOT, Compiled, canonical_json, compile_all
 from .errors import EngineError
+from .currencies import DEFAULT_CURRENCIES, CurrencyRegistry
 from .policy import load_policies
 from .rego_files import rego_modules
 
@@ -72,9 +73,10 @@ def _check_package(path: str, source: str) -> None:
             f"(modules must be in package {'.'.join(DATA_ROOT)} or below it)")
 
 
-def bundle_contents(policies_dir: str | Path, rego_dir: str | Path | None = None) -> BundleContents:
+def bundle_contents(policies_dir: str | Path, rego_dir: str | Path | None = None, *,
+                    currencies: CurrencyRegistry = DEFAULT_CURRENCIES) -> BundleContents:
     """Compile the YAML policies and collect the Rego modules (``PolicyError``/``EngineError``)."""
-    compiled = compile_all(load_policies(policies_dir))
+    compiled = compile_all(load_policies(policies_dir, currencies=currencies))
     modules = rego_modules(rego_dir)
     for path, src in modules.items():
         _check_package(path, src)
@@ -105,9 +107,10 @@ def bundle_bytes(contents: BundleContents) -> bytes:
     return out.getvalue()
 
 
-def write_bundle(policies_dir: str | Path, rego_dir: str | Path | None, output: str | Path) -> BundleContents:
+def write_bundle(policies_dir: str | Path, rego_dir: str | Path | None, output: str | Path, *,
+                 currencies: CurrencyRegistry = DEFAULT_CURRENCIES) -> BundleContents:
     """Build the bundle of ``policies_dir`` + ``rego_dir`` and write it to ``output``."""
-    contents = bundle_contents(policies_dir, rego_dir)
+    contents = bundle_contents(policies_dir, rego_dir, currencies=currencies)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(bundle_bytes(contents))

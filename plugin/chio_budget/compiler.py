@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .currencies import DEFAULT_CURRENCIES, CurrencyRegistry
 from .policy import BudgetPolicy, load_policies
 
 DATA_ROOT = ("chio", "budget")
@@ -107,6 +108,6 @@ def data_revision(policies: Mapping[str, BudgetPolicy]) -> str:
     return compile_all(policies).revision
 
 
-def compile_dir(policies_dir: str | Path) -> bytes:
+def compile_dir(policies_dir: str | Path, *, currencies: CurrencyRegistry = DEFAULT_CURRENCIES) -> bytes:
     """The bytes of ``build/data.json`` for a policy directory."""
-    return canonical_json(compile_all(load_policies(policies_dir)).document) + b"\n"
+    return canonical_json(compile_all(load_policies(policies_dir, currencies=currencies)).document) + b"\n"

@@ -63,6 +63,7 @@ class ServerEngine:
         self.timeout = client.timeout
         self.verify_revision = verify_revision
         self.revisions: dict[str, str | None] = dict(as_compiled(compiled).revisions)
+        self._also: dict[str, str | None] = {}  # a reload's revisions, while the guard switches over
         try:
             self._watchdog = Watchdog(client.timeout)
             opa_http.wait_healthy(client, self.url, ready_timeout)
@@ -140,11 +141,20 @@ class ServerEngine:
                 return Decision.deny_error(
                     f"engine error: revision mismatch: OPA decided for policy {policy_id!r}, "
                     "which this guard did not compile", policy_id)
-            if d.policy_revision != want:
+            if d.policy_revision != want and d.policy_revision != self._also.get(policy_id):
                 return Decision.deny_error(
                     f"engine error: revision mismatch: OPA decided with policy revision {d.policy_revision}, "
                     f"this guard compiled {want}", policy_id)
         return d
+
+    def accept_revisions(self, revisions: dict[str, str | None]) -> None:
+        """Also accept decisions made on ``revisions`` (``{}``: stop) while a reload switches over.
+
+        A reload pushes the new version to the server before the guard swaps
+        engines; decisions in flight on this engine may already be answered
+        from the new version, which is then what they name - not a mismatch.
+        """
+        self._also = dict(revisions)
 
     def _undefined_cause(self, policy_id: str | None, call: Any) -> str:
         """Name why OPA answered ``{}``; same wording as the embedded engine where they overlap."""
