@@ -102,7 +102,7 @@ def test_table_view_lists_the_differences(tmp_path, log):
 @pytest.mark.parametrize("args, message", [
     ([], "give --policies-a/--policies-b and/or --rego-dir-a/--rego-dir-b"),
     (["--policies-a", "nowhere"], "nowhere:1: no such policy directory"),
-    (["--rate", "EUR"], "--rate: expected CUR=RATE"),
+    (["--rates", "nowhere.yaml"], "nowhere.yaml"),
 ])
 def test_bad_input_exits_2(tmp_path, log, args, message):
     r = run("diff", log, *args, "--policies-b", policy_dir(tmp_path, "b", 1), "--jobs", "1") if args else \

@@ -118,7 +118,7 @@ def test_out_of_order_records_are_sorted_stably(tmp_path, pol):
 
 def test_external_sort_equals_in_memory_sort_and_keeps_memory_at_one_run():
     def calls():
-        return (Call((i * 7919) % 1000, i, f"r{i}", None, "a", "s", "t", 1, f"f:{i}") for i in range(20_000))
+        return (Call((i * 7919) % 1000, i, f"r{i}", None, "a", "s", "t", 1, "USD", f"f:{i}") for i in range(20_000))
 
     assert list(time_ordered(calls(), run_size=1500)) == sorted(calls())
 
@@ -141,8 +141,8 @@ def test_assume_sorted_stops_at_the_first_record_out_of_order(tmp_path, pol):
     assert r.stderr.strip() == (f"{log}:3: timestamp: 7 is earlier than 9 of the record before it ({log}:2); "
                                 "the log is not in timestamp order (drop --assume-sorted to sort it)")
     with pytest.raises(ReceiptError):
-        list(assume_sorted([Call(2, 0, "a", None, "a", "s", "t", 0, "x:1"), Call(1, 1, "b", None, "a", "s", "t", 0,
-                                                                               "x:2")]))
+        list(assume_sorted([Call(2, 0, "a", None, "a", "s", "t", 0, "USD", "x:1"),
+                            Call(1, 1, "b", None, "a", "s", "t", 0, "USD", "x:2")]))
 
 
 def test_a_bad_record_is_located_and_nothing_is_reported(tmp_path, pol):
@@ -156,16 +156,24 @@ def test_a_bad_record_is_located_and_nothing_is_reported(tmp_path, pol):
     assert r.stderr.startswith("skipped 2 bad records:")
 
 
-def test_foreign_currency_needs_a_rate_and_is_converted_rounding_up(tmp_path, pol):
-    log = write_log(tmp_path / "log.jsonl", [rec("r1", 1, cost=5, currency="EUR"), rec("r2", 2, cost=3)])
-    r = run("simulate", log, "--policies", pol)
-    assert r.exit_code == 2
-    assert r.stderr.strip() == (f"{log}:1: total_monetary_cost: cost in EUR but policy is in USD and no rate for "
-                                "EUR (add --rate EUR=<USD per EUR>)")
-    out = simulate_json(log, "--policies", pol, "--rate", "EUR=1.08")
-    assert out["spend"]["total"]["spent"] == 6 + 3  # 5 EUR cents * 1.08 = 5.4 -> 6 USD cents
-    assert out["input"]["converted"] == {"EUR": 1}
-    assert run("simulate", log, "--policies", pol, "--rate", "EUR").exit_code == 2
+def test_foreign_costs_are_converted_by_the_guard_with_the_rates_file(tmp_path, pol):
+    log = write_log(tmp_path / "log.jsonl", [rec("r1", 1000, cost=5, currency="EUR"), rec("r2", 2000, cost=3)])
+    out = simulate_json(log, "--policies", pol)  # no rates: the kernel's answer, a rate_unavailable deny
+    assert out["calls"]["denied"] == 1 and out["denied_by_scope"] == {"custom": 1}
+    first = out["first_denial"]["custom"]
+    assert first["decision"]["violations"][0]["code"] == "rate_unavailable"
+    assert first["original_cost"] == {"units": 5, "currency": "EUR"}
+    rates = tmp_path / "rates.yaml"
+    rates.write_text('max_age_seconds: 1500\nrates:\n  EUR/USD: {rate: "1.08", updated_at: 900}\n')
+    out = simulate_json(log, "--policies", pol, "--rates", rates)
+    assert out["spend"]["total"]["spent"] == 6 + 3  # 5 EUR cents * 1.08 = 5.4 -> 6 USD cents, rounded up
+    assert out["input"]["foreign_currency"] == {"EUR": 1}
+    late = write_log(tmp_path / "late.jsonl", [rec("r1", 900 + 1501, cost=5, currency="EUR")])
+    stale = simulate_json(late, "--policies", pol, "--rates", rates)  # judged at the call's own timestamp
+    assert stale["first_denial"]["custom"]["decision"]["violations"][0]["code"] == "rate_stale"
+    bad = write_log(tmp_path / "bad.jsonl", [rec("r1", cost=5, currency="usd")])
+    r = run("simulate", bad, "--policies", pol)
+    assert r.exit_code == 2 and r.stderr.startswith(f"{bad}:1: total_monetary_cost.currency: ")
 
 
 def test_cost_field_reads_another_field(tmp_path, pol):

@@ -1,84 +1,63 @@
-"""Receipts -> the calls a simulation replays: who, which tool, what it cost in the policy currency.
+"""Receipts -> the calls a simulation replays: who, which tool, what it cost, in which currency.
 
-The cost of a record is its ``total_monetary_cost`` (no monetary cost: 0),
-or with ``--cost-field a.b`` the value at that path of the record - an
-integer of policy-currency minor units or a ``{units, currency}`` object (a
-record without it is malformed). A cost in another currency needs a rate
-(``--rate EUR=1.08``: policy-currency major units per one major unit of
-EUR); it is converted exactly and rounded up, so a simulation never
-under-counts spend. A cost without a rate is a malformed record (exit 2,
-or skipped and counted with ``--skip-bad``): dropping it silently would
-under-count.
+The cost of a record is its ``total_monetary_cost`` (no monetary cost: 0 in
+the policy currency), or with ``--cost-field a.b`` the value at that path of
+the record - an integer of policy-currency minor units or a
+``{units, currency}`` object (a record without it is malformed). A cost in
+another currency is handed to the guard as it is: the guard converts it
+with the ``--rates`` oracle exactly as in production (rounding against the
+spender), and a missing or stale rate is the Rego's ``rate_unavailable`` /
+``rate_stale`` deny, not an error here.
 
 Every record is also checked against what the guard accepts
-(``CostMetadata``: non-empty receipt id, no ``:`` in ``tool_server``...)
-here, in the first pass, so a simulation never stops half-way on one.
+(``CostMetadata``: non-empty receipt id, no ``:`` in ``tool_server``...; a
+well-formed currency code) here, in the first pass, so a simulation never
+stops half-way on one.
 """
 
 from __future__ import annotations
 
 import sys
-from fractions import Fraction
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator
 
 from pydantic import ValidationError
 
-from ..actual_cost import CostError, to_units
 from ..cost import CostMetadata
 from ..money import U64_MAX, MonetaryAmount
 from .ordering import Call
 from .receipts import BadRecords, Receipt, ReceiptError
 
 
-def parse_rates(specs: Iterable[str]) -> dict[str, Fraction]:
-    """``["EUR=1.08", ...]`` -> exact rates; ``ValueError`` naming the bad one."""
-    from ..actual_cost import check_rates
-
-    raw: dict[str, str] = {}
-    for spec in specs:
-        code, sep, rate = spec.partition("=")
-        if not sep:
-            raise ValueError(f"--rate: expected CUR=RATE such as EUR=1.08, got {spec!r}")
-        raw[code.strip()] = rate.strip()
-    try:
-        return check_rates(raw)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"--rate: {exc}") from None
-
-
 class CostReader:
-    """A record's cost in ``currency`` minor units (see the module docstring).
+    """A record's cost as ``(units, currency)`` (see the module docstring).
 
     Counts as it goes: ``no_cost`` records without a monetary cost,
-    ``converted[CUR]`` costs converted from ``CUR``.
+    ``foreign[CUR]`` costs in a currency other than the policy's.
     """
 
-    def __init__(self, currency: str, rates: Mapping[str, Fraction] | None = None, field: str | None = None):
+    def __init__(self, currency: str, field: str | None = None):
         self.currency = currency
-        self.rates = dict(rates or {})
         self.field = field
         self.path = tuple(field.split(".")) if field else None
         self.no_cost = 0
-        self.converted: dict[str, int] = {}
+        self.foreign: dict[str, int] = {}
 
-    def __call__(self, r: Receipt) -> int:
+    def __call__(self, r: Receipt) -> tuple[int, str]:
         if self.path is None:
             if r.money is None:
                 self.no_cost += 1
-                return 0
+                return 0, self.currency
             units, currency = r.money
         else:
             units, currency = self._field(r)
-        if currency == self.currency:
-            return units
-        try:
-            converted = to_units(MonetaryAmount(units=units, currency=currency), self.currency, self.rates)
-            self.converted[currency] = self.converted.get(currency, 0) + 1
-            return converted
-        except (CostError, ValidationError, ValueError) as exc:
-            where = self.field or "total_monetary_cost"
-            hint = f" (add --rate {currency}=<{self.currency} per {currency}>)" if currency not in self.rates else ""
-            raise ReceiptError(f"{r.where}: {where}: {_message(exc)}{hint}") from None
+        if currency != self.currency:
+            try:
+                MonetaryAmount(units=units, currency=currency)
+            except ValidationError as exc:
+                raise ReceiptError(f"{r.where}: {self.field or 'total_monetary_cost'}.currency: "
+                                   f"{_message(exc).split(': ', 1)[-1]}") from None
+            self.foreign[currency] = self.foreign.get(currency, 0) + 1
+        return units, currency
 
     def _field(self, r: Receipt) -> tuple[int, str]:
         value: Any = r.doc
@@ -120,14 +99,22 @@ def to_calls(receipts: Iterable[Receipt], cost: CostReader, bad: BadRecords | No
     for seq, r in enumerate(receipts):
         try:
             _checked(r)
-            units = cost(r)
+            units, currency = cost(r)
         except ReceiptError as exc:
             if bad is None:
                 raise
             bad.add(str(exc))
             continue
         yield Call(r.timestamp, seq, r.receipt_id, None if r.session_id is None else intern(r.session_id),
-                   intern(r.agent_id), intern(r.tool_server), intern(r.tool_name), units, r.where)
+                   intern(r.agent_id), intern(r.tool_server), intern(r.tool_name), units, intern(currency),
+                   r.where)
+
+
+def cost_of(call: Call, policy_currency: str) -> int | MonetaryAmount:
+    """What the guard is asked to authorize: plain units, or a foreign amount for it to convert."""
+    if call.currency == policy_currency:
+        return call.cost
+    return MonetaryAmount.model_construct(units=call.cost, currency=call.currency)
 
 
 def meta_of(call: Call) -> CostMetadata:

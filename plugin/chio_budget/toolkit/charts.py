@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import ChioBudgetError
-from ..money import minor_unit_exponent
+from ..currencies import builtin_scale
 from .simulate import Simulation
 from .views import money
 
@@ -53,8 +53,10 @@ def _panel(ax: Any, title: str, lines: dict[str, list[tuple[int, int]]], limits:
     if marks:
         ax.scatter([_when(m.timestamp) for m in marks], [m.value for m in marks], marker="x", color="#d62728",
                    s=14, linewidths=0.8, label=f"deny ({denied:,})", zorder=3)
-    exp = minor_unit_exponent(currency)
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v / 10**exp:,.{min(exp, 2)}f}"))
+    found = builtin_scale(currency)
+    scale = found[0] if found else 1  # display only: axis ticks in major units
+    digits = min(len(str(scale)) - 1, 2)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v / scale:,.{digits}f}"))
     locator = AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))

@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import POLICIES, POLICY_ID, REGO_DIR
+from ..cli import POLICIES, POLICY_ID, RATES, REGO_DIR
 from ..errors import ChioBudgetError
 from .cli_report import RECEIPTS, SKIP_BAD, fail, print_bad
 from .ordering import DEFAULT_RUN_SIZE
@@ -23,25 +23,15 @@ ASSUME_SORTED = typer.Option(False, "--assume-sorted",
                              help="stream the log as it is; stop at the first record out of timestamp order")
 COST_FIELD = typer.Option(None, "--cost-field",
                           help="dotted path of the cost in each record (default: total_monetary_cost)")
-RATES = typer.Option([], "--rate", help="CUR=RATE: policy-currency units per one CUR (repeatable), e.g. EUR=1.08")
 SORT_RUN = typer.Option(DEFAULT_RUN_SIZE, "--sort-run", min=1, help="calls sorted in memory at once; "
                         "larger logs are sorted externally (env CHIO_SORT_DIR: where the runs go)")
 SIM_LEDGER = typer.Option("memory", "--ledger", help="memory, or sqlite:///new.db (a new, empty file; "
                           "never a live ledger)")
 
 
-def _check_rates(rates: list[str]) -> None:
-    from .calls import parse_rates
-
-    try:
-        parse_rates(rates)
-    except ValueError as exc:
-        fail(str(exc))
-
-
 def simulate(receipts: list[str] = RECEIPTS, policies: Path = POLICIES, policy_id: str = POLICY_ID,
              rego_dir: Optional[Path] = REGO_DIR, ledger: str = SIM_LEDGER, assume_sorted: bool = ASSUME_SORTED,
-             cost_field: Optional[str] = COST_FIELD, rate: list[str] = RATES, skip_bad: bool = SKIP_BAD,
+             cost_field: Optional[str] = COST_FIELD, rates: Optional[Path] = RATES, skip_bad: bool = SKIP_BAD,
              json_out: bool = typer.Option(False, "--json", help="the result as one JSON object"),
              chart: Optional[Path] = typer.Option(None, "--chart", help="write a PNG: cumulative spend per scope, "
                                                   "limits, denies ([charts] extra)"),
@@ -54,11 +44,11 @@ def simulate(receipts: list[str] = RECEIPTS, policies: Path = POLICIES, policy_i
     """
     from .simrun import SimSpec, env_progress, simulate_spec
 
-    _check_rates(rate)
     if chart is not None or html_out is not None:
         _require_matplotlib()
     spec = SimSpec(tuple(receipts), str(policies), policy_id, None if rego_dir is None else str(rego_dir), ledger,
-                   assume_sorted, cost_field, tuple(rate), skip_bad, sort_run, env_progress())
+                   assume_sorted, cost_field, None if rates is None else str(rates), skip_bad, sort_run,
+                   env_progress())
     try:
         sim, inputs = simulate_spec(spec)
     except ChioBudgetError as exc:
@@ -113,7 +103,7 @@ def diff(receipts: list[str] = RECEIPTS,
          rego_dir_a: Optional[Path] = typer.Option(None, "--rego-dir-a", help="Rego of side a"),
          rego_dir_b: Optional[Path] = typer.Option(None, "--rego-dir-b", help="Rego of side b"),
          policies: Path = POLICIES, policy_id: str = POLICY_ID, rego_dir: Optional[Path] = REGO_DIR,
-         assume_sorted: bool = ASSUME_SORTED, cost_field: Optional[str] = COST_FIELD, rate: list[str] = RATES,
+         assume_sorted: bool = ASSUME_SORTED, cost_field: Optional[str] = COST_FIELD, rates: Optional[Path] = RATES,
          skip_bad: bool = SKIP_BAD, sort_run: int = SORT_RUN,
          json_out: bool = typer.Option(False, "--json", help="JSON lines: one per differing call, then the summary"),
          jobs: int = typer.Option(2, "--jobs", min=1, max=2, help="2: the two simulations in two processes"),
@@ -126,12 +116,12 @@ def diff(receipts: list[str] = RECEIPTS,
 
     if policies_a is None and policies_b is None and rego_dir_a is None and rego_dir_b is None:
         fail("diff: give --policies-a/--policies-b and/or --rego-dir-a/--rego-dir-b")
-    _check_rates(rate)
 
     def side(pol: Optional[Path], rego: Optional[Path]) -> SimSpec:
         rego = rego if rego is not None else rego_dir
         return SimSpec(tuple(receipts), str(pol if pol is not None else policies), policy_id,
-                       None if rego is None else str(rego), "memory", assume_sorted, cost_field, tuple(rate),
+                       None if rego is None else str(rego), "memory", assume_sorted, cost_field,
+                       None if rates is None else str(rates),
                        skip_bad, sort_run)
 
     try:

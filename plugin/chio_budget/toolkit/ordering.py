@@ -28,7 +28,7 @@ DEFAULT_RUN_SIZE = 250_000
 
 
 class Call(NamedTuple):
-    """One record as the simulation needs it; ``cost`` is in the policy currency's minor units."""
+    """One record as the simulation needs it: ``cost`` minor units of ``currency``."""
 
     timestamp: int
     seq: int
@@ -38,6 +38,7 @@ class Call(NamedTuple):
     tool_server: str
     tool_name: str
     cost: int
+    currency: str
     where: str
 
     @property

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..decision import Decision
-from .calls import CostReader, parse_rates, to_calls
+from .calls import CostReader, to_calls
 from .ordering import DEFAULT_RUN_SIZE, Call, assume_sorted, spill_dir, time_ordered
 from .progress import THRESHOLD, LogProgress
 from .receipts import BadRecords, iter_receipts, log_bytes
@@ -34,7 +34,7 @@ class SimSpec:
     ledger: str = "memory"
     assume_sorted: bool = False
     cost_field: str | None = None
-    rates: tuple[str, ...] = ()
+    rates: str | None = None
     skip_bad: bool = False
     run_size: int = DEFAULT_RUN_SIZE
     progress: bool = True
@@ -57,7 +57,8 @@ class RunInput:
     def to_json(self) -> dict[str, Any]:
         r = self.reader
         return {"records": self.calls, "skipped_bad": self.bad.count, "skipped_examples": self.bad.first,
-                "converted": dict(sorted(r.converted.items())) if r else {}, "without_cost": r.no_cost if r else 0}
+                "foreign_currency": dict(sorted(r.foreign.items())) if r else {},
+                "without_cost": r.no_cost if r else 0}
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -73,7 +74,7 @@ def open_guard(spec: SimSpec) -> Any:
     ledger = simulation_ledger(spec.ledger)
     try:
         return BudgetGuard.from_files(spec.policies, policy_id=spec.policy_id, rego_dir=spec.rego_dir,
-                                      engine="embedded", ledger=ledger)
+                                      engine="embedded", ledger=ledger, rates=spec.rates)
     except BaseException:
         ledger.close()
         raise
@@ -82,7 +83,7 @@ def open_guard(spec: SimSpec) -> Any:
 def ordered_calls(spec: SimSpec, currency: str, stats: RunInput,
                   progress: Callable[[int, int], None] | None) -> Iterator[Call]:
     """The priced calls in timestamp order (sorted, or checked with ``assume_sorted``)."""
-    reader = stats.reader = CostReader(currency, parse_rates(spec.rates), spec.cost_field)
+    reader = stats.reader = CostReader(currency, spec.cost_field)
     bad = stats.bad if spec.skip_bad else None
     calls = stats.counted(to_calls(iter_receipts(spec.receipts, bad=bad, progress=progress), reader, bad))
     if spec.assume_sorted:

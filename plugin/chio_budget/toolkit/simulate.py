@@ -24,7 +24,7 @@ from ..decision import Decision
 from ..errors import LedgerError
 from ..money import U64_MAX
 from ..policy import BudgetPolicy
-from .calls import meta_of
+from .calls import cost_of, meta_of
 from .ordering import Call
 from .timeline import Mark, Timeline
 
@@ -66,7 +66,8 @@ class Simulation:
                 out[scope] = table.get(key) or table.setdefault(key, KeyStats())
         return out
 
-    def observe(self, call: Call, d: Decision) -> None:
+    def observe(self, call: Call, d: Decision, units: int) -> None:
+        """One decided call; ``units`` is what it cost in the policy currency (converted by the guard)."""
         if self.first_ts is None:
             self.first_ts = call.timestamp
         self.last_ts = call.timestamp
@@ -77,27 +78,27 @@ class Simulation:
             s.calls += 1
             if d.allow:
                 s.allowed += 1
-                s.spent = min(s.spent + call.cost, U64_MAX)
+                s.spent = min(s.spent + units, U64_MAX)
             else:
                 s.denied += 1
         for w in d.warnings:
             self._warning(call, w)
         if d.allow:
             keys = {"agent": call.agent_id, "session": call.session_id, "tool": call.tool_key}
-            self.timeline.spend(call.timestamp, {scope: s.spent for scope, s in stats.items()}, keys, call.cost)
+            self.timeline.spend(call.timestamp, {scope: s.spent for scope, s in stats.items()}, keys, units)
             return
         if d.error is not None:
             self.errors += 1
         for scope in self._deny_scopes(d):
             self.denied_by_scope[scope] = self.denied_by_scope.get(scope, 0) + 1
             if scope not in self.first_denial:
-                self.first_denial[scope] = _denial(call, d)
+                self.first_denial[scope] = _denial(call, d, units, self.policy.currency)
         for v in d.violations:
             key = {"total": "total", "agent": call.agent_id, "session": call.session_id,
                    "tool": call.tool_key}.get(v.scope)
             current = getattr(v, "current_units", None)
             self.timeline.deny(v.scope, Mark(call.timestamp, key or v.scope,
-                                             current if current is not None else self.total.spent, call.cost))
+                                             current if current is not None else self.total.spent, units))
 
     @staticmethod
     def _deny_scopes(d: Decision) -> list[str]:
@@ -155,20 +156,24 @@ def _scope_order(item: tuple[str, Any]) -> tuple[int, str]:
     return (SCOPES.index(scope) if scope in SCOPES else len(SCOPES), scope)
 
 
-def _denial(call: Call, d: Decision) -> dict[str, Any]:
-    return {"receipt_id": call.receipt_id, "timestamp": call.timestamp, "where": call.where,
-            "agent_id": call.agent_id, "session_id": call.session_id, "tool_key": call.tool_key,
-            "cost_units": call.cost, "decision": d.to_json_dict()}
+def _denial(call: Call, d: Decision, units: int, currency: str) -> dict[str, Any]:
+    out = {"receipt_id": call.receipt_id, "timestamp": call.timestamp, "where": call.where,
+           "agent_id": call.agent_id, "session_id": call.session_id, "tool_key": call.tool_key,
+           "cost_units": units, "decision": d.to_json_dict()}
+    if call.currency != currency:  # converted by the guard: keep what the record said
+        out["original_cost"] = {"units": call.cost, "currency": call.currency}
+    return out
 
 
 def run(guard: Any, calls: Iterable[Call], sim: Simulation,
         on_decision: Callable[[Call, Decision], None] | None = None) -> Simulation:
     """Authorize (and commit when allowed) every call, in the order given."""
+    currency = sim.policy.currency
     for call in calls:
-        auth = guard.authorize(meta_of(call), call.cost)
+        auth = guard.authorize(meta_of(call), cost_of(call, currency))
         if auth.allow:
             auth.commit()
-        sim.observe(call, auth.decision)
+        sim.observe(call, auth.decision, auth.estimate_units)
         if on_decision is not None:
             on_decision(call, auth.decision)
     return sim

@@ -57,7 +57,7 @@ def sections(result: dict[str, Any], inputs: dict[str, Any]) -> list[Section]:
                ["period", f"{when(result['time']['first'])} .. {when(result['time']['last'])} UTC"],
                ["records", f"{inputs['records']:,} simulated, {inputs['skipped_bad']:,} bad skipped, "
                            f"{inputs['without_cost']:,} without cost"
-                           + "".join(f", {n:,} converted from {k}" for k, n in inputs["converted"].items())]]
+                           + "".join(f", {n:,} in {k}" for k, n in inputs["foreign_currency"].items())]]
     out: list[Section] = [("simulation", ["", ""], summary)]
     denials = [[scope, f"{n:,}", when(result["first_denial"][scope]["timestamp"]),
                 result["first_denial"][scope]["receipt_id"], result["first_denial"][scope]["where"],

@@ -14,7 +14,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from ..money import minor_unit_exponent
+from ..currencies import builtin_scale
 from ..policy import BudgetPolicy
 from .costquery import NO_SESSION
 
@@ -26,11 +26,16 @@ def console() -> Console:
 
 
 def money(units: int, currency: str) -> str:
-    """``162.93 USD``: exact, from integer minor units."""
-    exp = minor_unit_exponent(currency)
-    if exp == 0:
+    """``162.93 USD``: exact, from integer minor units and the currency's scale (kernel pins,
+    then ISO 4217/CLDR); a code without a known decimal scale is shown as ``N minor units``."""
+    found = builtin_scale(currency)
+    scale = found[0] if found else None
+    if scale == 1:
         return f"{units:,} {currency}"
-    major, minor = divmod(units, 10**exp)
+    exp = len(str(scale)) - 1 if scale else 0
+    if scale is None or scale != 10**exp:
+        return f"{units:,} minor units {currency}"
+    major, minor = divmod(units, scale)
     return f"{major:,}.{minor:0{exp}d} {currency}"
 
 
