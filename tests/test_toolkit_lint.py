@@ -131,3 +131,18 @@ def test_locate_turns_opa_errors_into_file_row_col():
     two = ("2 errors occurred:\na.rego:3: rego_parse_error: unexpected ident\n\tp if {\n\t  ^\n"
            "a.rego:5: rego_parse_error: x")
     assert locate(two, src) == ["a.rego:3:4: rego_parse_error: unexpected ident", "a.rego:5:2: rego_parse_error: x"]
+
+
+def test_a_rates_file_is_checked_first_and_its_units_reach_the_policies(tree, tmp_path):
+    pol, rego = tree
+    (pol / "credits.yaml").write_text("currency: credits\nmax_total: 100\n")
+    rates = tmp_path / "rates.yaml"
+    rates.write_text('currencies:\n  credits: 1\nrates:\n  credits/USD: {rate: "0.01", updated_at: 1}\n')
+    r = run(pol, rego, "--rates", rates)
+    assert r.exit_code == 0, r.output
+    assert status(r.output, "rates") == "ok" and "1 rate(s), max age 600 s" in r.output
+    assert run(pol, rego).exit_code == 1  # without the rates file, 'credits' has no scale
+    rates.write_text('rates:\n  EUR/USD: {rate: 1.08, updated_at: 1}\n')
+    r = run(pol, rego, "--rates", rates)
+    assert r.exit_code == 1 and status(r.output, "rates") == "failed" and status(r.output, "policies") == "skipped"
+    assert f"{rates}:2: rates.\"EUR/USD\".rate: must be an exact decimal in quotes" in r.output

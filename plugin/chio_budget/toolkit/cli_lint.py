@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ..cli import RATES
 from .cli_report import fail
 
 _STYLE = {"ok": "green", "failed": "bold red", "skipped": "yellow"}
 
 
 def lint(policies: Path = typer.Argument(Path("policies"), help="directory of YAML budget policies"),
-         rego: Path = typer.Argument(Path("rego"), help="Rego directory (policy and *_test.rego)")) -> None:
-    """Validate the YAML, compile it, load the Rego into OPA, run the Rego tests, and with a real
-    `opa` (OPA_BIN or PATH) also `opa check --strict` and `opa fmt --list`; one summary.
+         rego: Path = typer.Argument(Path("rego"), help="Rego directory (policy and *_test.rego)"),
+         rates: Optional[Path] = RATES) -> None:
+    """Validate the rates file (--rates) and the YAML, compile it, load the Rego into OPA, run the Rego
+    tests, and with a real `opa` (OPA_BIN or PATH) also `opa check --strict` and `opa fmt --list`; one summary.
     """
     from .lint import lint as run_lint, opa_binary
 
-    for path in (policies, rego):
+    for path in (policies, rego, *([rates] if rates is not None else [])):
         if not path.exists():
             fail(f"{path}:1: no such file or directory")
-    checks = run_lint(policies, rego, opa=opa_binary())
+    checks = run_lint(policies, rego, opa=opa_binary(), rates=rates)
     console = Console(soft_wrap=True, highlight=False)
     console.print(f"lint {escape(str(policies))} {escape(str(rego))}")
     for c in checks:

@@ -1,6 +1,8 @@
 """``chio-budget lint policies/ rego/``: every check a change should pass, one summary.
 
-In order: the YAML policies (located errors), their compilation to the Rego
+In order: the rates file when one is given (located errors; its declared
+currency units are what the policies may use), the YAML policies (located
+errors), their compilation to the Rego
 data document, the Rego loaded into the embedded OPA with that data (parse
 and compile errors as ``file:row:col``) and the decision evaluated once per
 policy (it must be defined and well-formed), the Rego tests (through
@@ -25,7 +27,7 @@ from typing import Any
 
 from opa_bindings import OpaEngine, OpaError
 
-from ..errors import EngineError, PolicyError
+from ..errors import ChioBudgetError, EngineError, PolicyError
 
 _ERROR = re.compile(r"^(?P<file>.+?):(?P<row>\d+): (?P<code>rego_\w+): (?P<msg>.*)$")
 _NAMED = re.compile(r"(?:undefined function|undefined ref:|var|rule|conflicting rules|function) ([\w.\[\]\"]+)")
@@ -74,11 +76,28 @@ def locate(message: str, sources: dict[str, str]) -> list[str]:
     return out or [message]
 
 
-def check_policies(policies_dir: Path) -> tuple[Check, Any]:
+def check_rates(rates: Path | None) -> tuple[Check | None, Any]:
+    """The ``--rates`` file (None: no check, the built-in currencies)."""
+    from ..currencies import DEFAULT_CURRENCIES
+    from ..rates_file import load_rates
+
+    if rates is None:
+        return None, DEFAULT_CURRENCIES
+    try:
+        oracle = load_rates(rates)
+    except ChioBudgetError as exc:
+        return Check("rates", "failed", "the rates file has errors", str(exc).splitlines()), None
+    given = sum(1 for *_, derived in oracle.pairs() if not derived)
+    return Check("rates", "ok", f"{given} rate(s), max age {oracle.max_age_seconds} s"), oracle.currencies
+
+
+def check_policies(policies_dir: Path, currencies: Any) -> tuple[Check, Any]:
     from ..policy import load_policies
 
+    if currencies is None:
+        return Check("policies", "skipped", "the rates file did not load"), None
     try:
-        loaded = load_policies(policies_dir)
+        loaded = load_policies(policies_dir, currencies=currencies)
     except PolicyError as exc:
         return Check("policies", "failed", f"{len(exc.errors)} error(s)", list(exc.errors)), None
     ids = ", ".join(sorted(loaded))
@@ -187,8 +206,10 @@ def _lines(proc: subprocess.CompletedProcess) -> list[str]:
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
 
 
-def lint(policies_dir: Path, rego_dir: Path, *, opa: str | None = None) -> list[Check]:
+def lint(policies_dir: Path, rego_dir: Path, *, opa: str | None = None, rates: Path | None = None) -> list[Check]:
     """Every check, in order; ``opa`` is the binary to use (None: none)."""
-    pol, loaded = check_policies(policies_dir)
+    rates_check, currencies = check_rates(rates)
+    pol, loaded = check_policies(policies_dir, currencies)
     comp, data = check_compile(loaded)
-    return [pol, comp, check_rego(rego_dir, data), check_rego_tests(rego_dir), *check_opa(opa, rego_dir)]
+    checks = [pol, comp, check_rego(rego_dir, data), check_rego_tests(rego_dir), *check_opa(opa, rego_dir)]
+    return ([rates_check] if rates_check else []) + checks
