@@ -54,10 +54,13 @@ def test_bad_yaml_is_located_and_compile_is_skipped(tree):
     assert f"{pol}/team.yaml:3: max_per_sesion: unknown key" in r.output
 
 
+def extra(rego: Path, source: str, name: str = "extra.rego") -> None:
+    (rego / "chio" / "budget" / name).write_text(source)
+
+
 def test_rego_parse_error_has_file_row_col(tree):
     pol, rego = tree
-    (rego / "chio" / "budget" / "extra.rego").write_text(
-        "package chio.budget\n\nviolation contains v if {\n\t\tv := {\"scope\": \"x\"} +\n}\n")
+    extra(rego, "package chio.budget\n\nviolation contains v if {\n\t\tv := {\"scope\": \"x\"} +\n}\n")
     r = run(pol, rego)
     assert r.exit_code == 1 and status(r.output, "rego") == "failed"
     assert f"{rego}/chio/budget/extra.rego:5:1: rego_parse_error: unexpected }} token" in r.output
@@ -66,8 +69,7 @@ def test_rego_parse_error_has_file_row_col(tree):
 
 def test_rego_compile_error_has_file_row_col(tree):
     pol, rego = tree
-    (rego / "chio" / "budget" / "extra.rego").write_text(
-        "package chio.budget\n\nviolation contains {\"scope\": \"custom\"} if {\n  is_blocked(input.request)\n}\n")
+    extra(rego, "package chio.budget\n\nviolation contains {\"scope\": \"custom\"} if {\n  is_blocked(input.request)\n}\n")
     r = run(pol, rego)
     assert r.exit_code == 1
     assert f"{rego}/chio/budget/extra.rego:4:3: rego_type_error: undefined function is_blocked" in r.output
@@ -75,8 +77,7 @@ def test_rego_compile_error_has_file_row_col(tree):
 
 def test_a_decision_that_breaks_the_contract_fails(tree):
     pol, rego = tree
-    (rego / "chio" / "budget" / "extra.rego").write_text(
-        "package chio.budget\n\nwarning contains 7 if { true }\n")
+    extra(rego, "package chio.budget\n\nwarning contains 7 if { true }\n")
     r = run(pol, rego)
     assert r.exit_code == 1 and status(r.output, "rego") == "failed"
     assert "data.chio.budget.decision for policy 'default': malformed decision: warnings.0" in r.output
@@ -84,8 +85,7 @@ def test_a_decision_that_breaks_the_contract_fails(tree):
 
 def test_a_failing_rego_test_fails_lint(tree):
     pol, rego = tree
-    (rego / "chio" / "budget" / "extra_test.rego").write_text(
-        "package chio.budget_test\n\ntest_always_fails if { 1 == 2 }\n")
+    extra(rego, "package chio.budget_test\n\ntest_always_fails if { 1 == 2 }\n", "extra_test.rego")
     r = run(pol, rego)
     assert r.exit_code == 1 and status(r.output, "rego tests") == "failed"
     assert "data.chio.budget_test.test_always_fails: FAIL" in r.output

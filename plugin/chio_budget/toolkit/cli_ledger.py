@@ -8,13 +8,14 @@ located ``file:line: field: problem``; a change without --log or --reason).
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import typer
 
 from ..cli import LEDGER
-from ..errors import ChioBudgetError, InputError, LedgerError
+from ..errors import ChioBudgetError, InputError
 from .cli_report import fail
 
 ledger_app = typer.Typer(no_args_is_help=True, help="Counters by hand: show, adjust, reset, export, import "
@@ -51,6 +52,19 @@ def _audit(log: Optional[Path], who: Optional[str], reason: Optional[str], ledge
         fail(f"--log: {log}: cannot write: {exc}")
 
 
+@contextmanager
+def _using(ledger: str, audit: Any, *, refused: str = "") -> Iterator[Any]:
+    """The open ledger; a ledger failure exits 1 (after closing the ledger and the log)."""
+    led = _open(ledger)
+    try:
+        yield led
+    except ChioBudgetError as exc:
+        fail(f"{refused}{exc}", 1)
+    finally:
+        led.close()
+        audit.close()
+
+
 @ledger_app.command("show")
 def show(ledger: str = LEDGER, policy_id: Optional[str] = POLICY, scope: Optional[str] = SCOPE,
          ident: Optional[str] = IDENT, window: Optional[str] = WINDOW, log: Optional[Path] = LOG,
@@ -60,16 +74,10 @@ def show(ledger: str = LEDGER, policy_id: Optional[str] = POLICY, scope: Optiona
     from .views import console, ledger_view
 
     audit = _audit(log, who, reason, ledger, change=False)
-    led = _open(ledger)
-    try:
+    with _using(ledger, audit) as led:
         rows = [counter_json(k, b) for k, b in select(led, policy_id, scope, ident, window)]
         audit.write("show", filter={"policy_id": policy_id, "scope": scope, "id": ident, "window": window},
                     counters=len(rows))
-    except ChioBudgetError as exc:
-        fail(str(exc), 1)
-    finally:
-        led.close()
-        audit.close()
     if json_out:
         import json
 
@@ -94,15 +102,9 @@ def adjust(units: int = typer.Option(..., "--units", help="signed: -500 refunds 
     except InputError as exc:
         fail(str(exc))
     audit = _audit(log, who, reason, ledger, change=True)
-    led = _open(ledger)
-    try:
+    with _using(ledger, audit) as led:
         before, after = led.adjust(key, units)
         audit.write("adjust", key=key, delta=units, before=balance_json(before), after=balance_json(after))
-    except ChioBudgetError as exc:
-        fail(str(exc), 1)
-    finally:
-        led.close()
-        audit.close()
     typer.echo(f"{key}: spent {before.spent} -> {after.spent} (held {after.held})")
 
 
@@ -114,18 +116,12 @@ def reset(policy_id: str = typer.Option(..., "--policy-id"), scope: Optional[str
     from .ledgertool import changes, select
 
     audit = _audit(log, who, reason, ledger, change=True)
-    led = _open(ledger)
-    try:
+    with _using(ledger, audit) as led:
         keys = [k for k, _ in select(led, policy_id, scope, ident, window)]
         before = led.reset(keys)
         after = led.balances(keys) if keys else []
         audit.write("reset", filter={"policy_id": policy_id, "scope": scope, "id": ident, "window": window},
                     **changes(keys, before, after))
-    except ChioBudgetError as exc:
-        fail(str(exc), 1)
-    finally:
-        led.close()
-        audit.close()
     typer.echo(f"reset {len(keys)} counter(s) of policy {policy_id}: spent {sum(b.spent for b in before)} -> 0")
 
 
@@ -136,25 +132,20 @@ def export(ledger: str = LEDGER, output: Optional[Path] = typer.Option(None, "-o
     from .ledgertool import export_lines
 
     audit = _audit(log, who, reason, ledger, change=False)
-    led = _open(ledger)
     n = 0
-    try:
-        out = sys.stdout if output is None else open(output, "w", encoding="utf-8")
+    with _using(ledger, audit) as led:
         try:
-            for line in export_lines(led.export()):
-                out.write(line)
-                n += 1
-        finally:
-            if out is not sys.stdout:
-                out.close()
+            out = sys.stdout if output is None else open(output, "w", encoding="utf-8")
+            try:
+                for line in export_lines(led.export()):
+                    out.write(line)
+                    n += 1
+            finally:
+                if out is not sys.stdout:
+                    out.close()
+        except OSError as exc:
+            fail(f"{output}: cannot write: {exc.strerror or exc}")
         audit.write("export", counters=n, output=str(output) if output else "<stdout>")
-    except OSError as exc:
-        fail(f"{output}: cannot write: {exc.strerror or exc}")
-    except ChioBudgetError as exc:
-        fail(str(exc), 1)
-    finally:
-        led.close()
-        audit.close()
     typer.echo(f"exported {n} counter(s)", err=True)
 
 
@@ -177,18 +168,12 @@ def import_(file: str = typer.Argument(..., help="JSON lines from `ledger export
     except InputError as exc:
         fail(str(exc))
     audit = _audit(log, who, reason, ledger, change=True)
-    led = _open(ledger)
     keys = [r["key"] for r in records]
-    try:
+    with _using(ledger, audit, refused="--ledger: ") as led:
         before = led.balances(keys) if keys else []
         n = led.import_(records, merge=merge)
         after = led.balances(keys) if keys else []
         audit.write("import", merge=merge, source=file, **changes(keys, before, after))
-    except LedgerError as exc:
-        fail(f"--ledger: {exc}", 1)
-    finally:
-        led.close()
-        audit.close()
     typer.echo(f"imported {n} counter(s){' (merged)' if merge else ''}")
 
 
