@@ -219,3 +219,11 @@ def test_progress_starts_past_the_threshold_only_on_a_terminal():
     assert "simulate: deciding" in drawn(True, 10_000) and "10,000 records" in drawn(True, 10_000)
     assert drawn(False, 50_000) == ""
     assert "simulate: deciding" in drawn(True, 5, threshold=0)  # a run known to be long shows at once
+
+
+def test_commands_work_when_the_cli_runs_as_main():
+    # python -m chio_budget.cli runs cli.py as __main__: the toolkit must register into that app
+    r = subprocess.run([sys.executable, "-m", "chio_budget.cli", "sample-log", "--agents", "1", "--days", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[0])["schema"] == "chio.cost-metadata.v1"

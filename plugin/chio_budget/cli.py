@@ -269,7 +269,7 @@ def explain(decision_id: str = typer.Argument(..., help="decision_id from a deci
 
 
 cli_rates.register(app)
-register_toolkit(app)  # report, sample-log, lint, simulate, diff, ledger (issue 12)
+register_toolkit(app, globals())  # report, sample-log, lint, simulate, diff, ledger (issue 12)
 
 
 def main() -> None:

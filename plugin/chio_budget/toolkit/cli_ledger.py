@@ -14,7 +14,7 @@ from typing import Any, Iterator, Optional
 
 import typer
 
-from ..cli import LEDGER
+from .options import LEDGER
 from ..errors import ChioBudgetError, InputError
 from .cli_report import fail
 

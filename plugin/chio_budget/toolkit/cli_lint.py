@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..cli import RATES
+from .options import RATES
 from .cli_report import fail
 
 _STYLE = {"ok": "green", "failed": "bold red", "skipped": "yellow"}

@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import POLICIES, POLICY_ID, RATES, REGO_DIR
+from .options import POLICIES, POLICY_ID, RATES, REGO_DIR
 from ..errors import ChioBudgetError
 from .cli_report import RECEIPTS, SKIP_BAD, fail, print_bad
 from .ordering import DEFAULT_RUN_SIZE
