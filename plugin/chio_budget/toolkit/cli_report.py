@@ -70,7 +70,7 @@ def report(receipts: list[str] = RECEIPTS,
            group_by: str = typer.Option("none", "--group-by", help="none | session | agent | tool"),
            json_out: bool = typer.Option(False, "--json", help="the Rust CostQueryResult JSON"),
            policies: Optional[Path] = typer.Option(None, "--policies", "-p",
-                                                   help="show each group's spend against this policy's limits"),
+                                                   help="(table) show each group's spend against this policy's limits"),
            policy_id: str = typer.Option("default", "--policy-id", help="policy whose limits are shown"),
            skip_bad: bool = SKIP_BAD) -> None:
     """Cumulative cost over receipt logs: `chio receipts cost`, the same answers on the same receipts.
