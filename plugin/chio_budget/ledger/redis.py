@@ -52,8 +52,8 @@ from redis.retry import Retry
 from ..errors import LedgerError
 from ..money import U64_MAX, check_units
 from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance,
-                   ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, check_ttl,
-                   dump_book, import_refused, key_order, read_keys, spent_records, windowed)
+                   ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, import_refused,
+                   key_order, read_keys, reserve_args, spent_records, windowed)
 from .options import LedgerOptions, parse_query
 
 DEFAULT_PREFIX = "chio-budget"
@@ -157,11 +157,8 @@ class RedisLedger(ExportsSpent, ClosesOnExit):
                 book: Mapping[str, Any] | None = None, attempt: str | None = None,
                 reads: Reads | None = None) -> Reservation:
         """Atomically add ``cost`` to every key's held amount until commit, release or expiry."""
-        cost = check_units(cost, "cost")
-        keys = key_order(keys)
-        reads = check_reads(reads, keys)
-        ttl = self.options.ttl if ttl is None else check_ttl(ttl)
-        book_text = dump_book(book) or ""
+        cost, keys, reads, ttl, book_text = reserve_args(cost, keys, ttl, self.options.ttl, book, reads)
+        book_text = book_text or ""
         args = [receipt_id, str(cost), repr(ttl), attempt or "", book_text, str(len(keys)), *keys]
         for k in keys:
             args += [str(len(reads.get(k, ()))), *reads.get(k, ())]

@@ -1,151 +1,25 @@
-"""Fixtures and helpers for the ledger tests: real SQLite files, a real Redis.
+"""The overspend workload, and the functions child processes run.
 
-Import what you use into the test module (``from ledger_fixtures import
-store``); pytest then finds the fixtures there. Kept out of ``conftest.py``
-on purpose (that file belongs to the core).
-
-Redis: ``CHIO_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``). Each
-test gets its own key prefix and deletes its keys afterwards, so tests never
-collide with each other or with anything else on the server. Without a
-reachable server the Redis tests skip and say why, unless
-``CHIO_REQUIRE_REDIS=1`` (CI), in which case they fail.
+Child processes (``multiprocessing`` spawn, ``subprocess``) import these by
+name in a fresh interpreter, so they live in an importable module, not in a
+test file.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import uuid
-from pathlib import Path
-from typing import Any, Callable
+import time
+from typing import Callable
+from urllib.parse import unquote
 
-import pytest
+from chio_budget import CostMetadata
+from chio_budget.chain_guard import BudgetChainGuard
+from chio_budget.engines.function import FunctionEngine
+from chio_budget.ledger import open_ledger
+from chio_budget.policy import BudgetPolicy
 
-from chio_budget.ledger import Ledger, MemoryLedger
-
-REDIS_URL = os.environ.get("CHIO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-_redis_problem: list[str | None] = []
-
-
-def redis_problem() -> str | None:
-    """None when Redis answers PING, else why not (checked once per process)."""
-    if not _redis_problem:
-        try:
-            import redis
-
-            redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=2).ping()
-            _redis_problem.append(None)
-        except Exception as exc:  # noqa: BLE001 - any failure means "no usable Redis"
-            _redis_problem.append(f"{type(exc).__name__}: {exc}")
-    return _redis_problem[0]
-
-
-def need_redis() -> None:
-    """Skip loudly without Redis; fail instead when ``CHIO_REQUIRE_REDIS=1``."""
-    problem = redis_problem()
-    if problem is None:
-        return
-    msg = (f"Redis not reachable at {REDIS_URL} ({problem}); start redis-server, "
-           "or set CHIO_REQUIRE_REDIS=1 to turn this skip into a failure")
-    if os.environ.get("CHIO_REQUIRE_REDIS") == "1":
-        pytest.fail("CHIO_REQUIRE_REDIS=1 but " + msg, pytrace=False)
-    pytest.skip("REDIS TESTS SKIPPED: " + msg)
-
-
-class FakeClock:
-    """A clock the test moves by hand, so TTL tests never wait on wall time."""
-
-    def __init__(self, now: float = 1_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class Store:
-    """One backend's store; every ``open()`` is a new ledger object on the same data.
-
-    memory: ``open()`` returns the one in-process ledger (it has no store to
-    share). sqlite: one file in ``tmp_path``. redis: one unique key prefix.
-    """
-
-    def __init__(self, kind: str, tmp_path: Path):
-        self.kind = kind
-        self.opened: list[Ledger] = []
-        self._memory: MemoryLedger | None = None
-        if kind == "sqlite":
-            self.uri = f"sqlite:///{tmp_path / 'ledger.db'}"
-        elif kind == "redis":
-            self.prefix = f"chio-test-{uuid.uuid4().hex[:12]}"
-            self.uri = f"{REDIS_URL}?prefix={self.prefix}"
-        else:
-            self.uri = "memory"
-
-    @property
-    def shared(self) -> bool:
-        """True when two ledger objects (processes, replicas) see the same counters."""
-        return self.kind != "memory"
-
-    def open(self, **options: Any) -> Ledger:
-        from chio_budget.ledger import open_ledger
-
-        if self.kind == "memory":
-            if self._memory is None or options:
-                self._memory = MemoryLedger(**options)
-            return self._memory
-        ledger = open_ledger(self.uri, **options)
-        self.opened.append(ledger)
-        return ledger
-
-    def cleanup(self) -> None:
-        for ledger in self.opened:
-            if self.kind == "redis":
-                try:
-                    ledger.clear()  # type: ignore[attr-defined]
-                except Exception:  # noqa: BLE001 - best effort on the way out
-                    pass
-            ledger.close()
-
-
-BACKENDS = ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)]
-SHARED_BACKENDS = ["sqlite", pytest.param("redis", marks=pytest.mark.redis)]
-
-
-def make_store(kind: str, tmp_path: Path) -> Store:
-    if kind == "redis":
-        need_redis()
-    return Store(kind, tmp_path)
-
-
-@pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path):
-    """Every backend in turn: memory, a real SQLite file, the real Redis."""
-    s = make_store(request.param, tmp_path)
-    yield s
-    s.cleanup()
-
-
-@pytest.fixture(params=SHARED_BACKENDS)
-def shared_store(request: pytest.FixtureRequest, tmp_path: Path):
-    """The backends whose counters outlive a ledger object and are shared."""
-    s = make_store(request.param, tmp_path)
-    yield s
-    s.cleanup()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-def ledger_with_clock(store: Store, clock: Callable[[], float], **options: Any) -> Ledger:
-    return store.open(clock=clock, **options)
-
-
-# -- the overspend workload (threads, processes, crash child, bench) --------------------------
+from .guards import guard_for
 
 # Skewed on purpose (sess-0 and a0 are busy) so every scope's limit binds in one run.
 SESSIONS = ["sess-0"] * 3 + [f"sess-{i}" for i in range(1, 6)] + [None, None]
@@ -161,8 +35,6 @@ def tight_policy(total_ops: int):
     limit is a fifth of that demand; the busy session, the busy agent and the
     limited tools reach theirs first.
     """
-    from chio_budget.policy import BudgetPolicy
-
     demand = max(total_ops, 50) * 75
     return BudgetPolicy.model_validate({
         "id": "tight", "currency": "USD",
@@ -182,8 +54,6 @@ def run_requests(guard, worker: int, n: int, seed: int, start: "Callable[[], Non
     committed total above a limit can only come from a race), sometimes
     commit twice (must be a no-op), release, or walk away (TTL expiry).
     """
-    from chio_budget import CostMetadata
-
     rnd = random.Random(seed * 1000 + worker)
     committed: list[tuple[str, dict[str, str], int]] = []
     out = {"committed": committed, "abandoned": [], "allowed": 0, "denied": 0, "errors": 0,
@@ -258,8 +128,6 @@ def audit(policy, ledger, committed: "list[tuple[str, dict[str, str], int]]") ->
 
 
 def _limit(policy, scope: str, key: str) -> int | None:
-    from urllib.parse import unquote
-
     if scope == "total":
         return policy.max_total.units
     if scope == "session":
@@ -271,25 +139,13 @@ def _limit(policy, scope: str, key: str) -> int | None:
     return None if m is None else m.units
 
 
-def embedded_guard(policy, ledger, **kw):
-    """A ``BudgetGuard`` with the real embedded OPA over ``ledger`` (URI or object)."""
-    from chio_budget import BudgetGuard
-    from chio_budget.compiler import data_document
-    from chio_budget.engines.embedded import EmbeddedEngine
-
-    engine = EmbeddedEngine(data_document({policy.id: policy}), Path(__file__).resolve().parent.parent / "rego")
-    return BudgetGuard(policy, engine, ledger, **kw)
-
-
 def process_worker(uri: str, total_ops: int, worker: int, n: int, seed: int, go_file: str) -> dict:
     """One process of the multi-process test: its own guard, the shared ledger URI."""
-    import time as _time
-
-    guard = embedded_guard(tight_policy(total_ops), uri, reservation_ttl=3600)
+    guard = guard_for(tight_policy(total_ops), ledger=uri, reservation_ttl=3600)
 
     def wait_for_go() -> None:  # start together so the processes really contend
         while not os.path.exists(go_file):
-            _time.sleep(0.005)
+            time.sleep(0.005)
 
     try:
         return run_requests(guard, worker, n, seed, start=wait_for_go)
@@ -304,13 +160,9 @@ def crash_child(uri: str, log_path: str, seed: int) -> None:
     is written with one ``os.write`` per line on an O_APPEND descriptor, so a
     line is either there whole or not at all.
     """
-    from chio_budget.policy import BudgetPolicy
-
     policy = BudgetPolicy.model_validate({"id": "crash", "currency": "USD", "max_total": 10**12,
                                           "max_per_session": 10**9, "max_per_agent": 10**10})
-    guard = embedded_guard(policy, uri, reservation_ttl=60)
-    from chio_budget import CostMetadata
-
+    guard = guard_for(policy, ledger=uri, reservation_ttl=60)
     rnd = random.Random(seed)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     i = 0
@@ -331,58 +183,30 @@ def crash_child(uri: str, log_path: str, seed: int) -> None:
         # else: walk away; the reservation must expire, never count as spend
 
 
-# -- fault injection over a real ledger ------------------------------------------------------
-
-
-class Faulty:
-    """A real ledger whose chosen operations fail with ``LedgerError``.
-
-    ``reserve_fails="after"``: the reservation is made, then the call fails
-    (a reply lost to a timeout); ``"before"``: it fails without running.
-    ``release_fails=True``: every release fails without running. Everything
-    else goes to the real ledger underneath.
-    """
-
-    def __init__(self, inner, *, reserve_fails: str | None = None, release_fails: bool = False):
-        self.inner, self.reserve_fails, self.release_fails = inner, reserve_fails, release_fails
-        self.releases: list[tuple[str, str | None]] = []
-
-    def reserve(self, receipt_id, keys, cost, ttl=None, **kw):
-        from chio_budget.errors import LedgerError
-
-        if self.reserve_fails == "before":
-            raise LedgerError("injected: reserve failed before running")
-        r = self.inner.reserve(receipt_id, keys, cost, ttl, **kw)
-        if self.reserve_fails == "after":
-            raise LedgerError("injected: reserve ran, its reply was lost")
-        return r
-
-    def release(self, receipt_id, **kw):
-        from chio_budget.errors import LedgerError
-
-        self.releases.append((receipt_id, kw.get("attempt")))
-        if self.release_fails:
-            raise LedgerError("injected: release failed")
-        return self.inner.release(receipt_id, **kw)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
 def late_commit_worker(uri: str, receipt_id: str, go_file: str, skew: float) -> str:
     """One process of the late-commit test: wait for the go file, commit ``receipt_id`` with a
     clock ``skew`` seconds ahead (past its TTL); the outcome."""
-    import time as _time
-
-    from chio_budget.ledger import open_ledger
-
-    ledger = open_ledger(uri, clock=lambda: _time.time() + skew)
+    ledger = open_ledger(uri, clock=lambda: time.time() + skew)
     try:
         while not os.path.exists(go_file):
-            _time.sleep(0.002)
+            time.sleep(0.002)
         return ledger.commit(receipt_id).outcome
     finally:
         ledger.close()
+
+
+def settle_worker(uri: str, policy_doc: dict, request_id: str, actual: int, go_file: str) -> str:
+    """One process settling ``request_id`` through a chain guard of its own on the shared ledger
+    (it never authorized the call); waits for the go file so the processes race. The outcome."""
+    policy = BudgetPolicy.model_validate(policy_doc)
+    never_asked = FunctionEngine(lambda _input: {"allow": False, "error": "settlement never asks OPA"})
+    chain_guard = BudgetChainGuard(guard_for(policy, never_asked, uri))
+    try:
+        while not os.path.exists(go_file):
+            time.sleep(0.002)
+        return chain_guard.on_invocation_complete(request_id, actual).outcome
+    finally:
+        chain_guard.close()
 
 
 # -- workers of the extension tests (module level: spawned processes import them) ---------------
@@ -390,10 +214,6 @@ def late_commit_worker(uri: str, receipt_id: str, go_file: str, skew: float) -> 
 
 def _opened_and_started(ledger, start):
     """``(ledger, close?)``: a URI is opened here; ``start`` is a callable or a go file to wait for."""
-    import time as _time
-
-    from chio_budget.ledger import open_ledger
-
     opened = isinstance(ledger, str)
     if opened:
         ledger = open_ledger(ledger)
@@ -401,7 +221,7 @@ def _opened_and_started(ledger, start):
         start()
     elif start is not None:
         while not os.path.exists(start):
-            _time.sleep(0.002)
+            time.sleep(0.002)
     return ledger, opened
 
 
