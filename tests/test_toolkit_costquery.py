@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from chio_budget.toolkit.costquery import CostQuery, execute_cost_query, to_json
-from rust_query_model import execute_cost_query as rust_query
-from toolkit_support import rec, receipts
+from support.rust_query import execute_cost_query as rust_query
+from support.toolkit import rec, receipts
 
 U64_MAX = 2**64 - 1
 

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from chio_budget.cli import app
 from chio_budget.toolkit.simrun import SimSpec, simulate_spec
-from conftest import REGO_DIR
-from toolkit_support import rec, write_log
+from support.guards import REGO_DIR
+from support.toolkit import rec, write_log
 
 runner = CliRunner()
 

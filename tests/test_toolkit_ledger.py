@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 from chio_budget.cli import app
 from chio_budget.ledger import Balance, counter_key
 from chio_budget.toolkit.ledgertool import parse_key, redacted
-from ledger_fixtures import shared_store  # noqa: F401  (fixture)
 
 runner = CliRunner()
 A1 = counter_key("p1", "agent", "a1")

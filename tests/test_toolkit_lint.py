@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from chio_budget.cli import app
 from chio_budget.toolkit.lint import locate
-from conftest import REGO_DIR, ROOT
+from support.guards import REGO_DIR, ROOT
 
 runner = CliRunner()
 
@@ -80,7 +80,7 @@ def test_a_decision_that_breaks_the_contract_fails(tree):
     extra(rego, "package chio.budget\n\nwarning contains 7 if { true }\n")
     r = run(pol, rego)
     assert r.exit_code == 1 and status(r.output, "rego") == "failed"
-    assert "data.chio.budget.decision for policy 'default': malformed decision: warnings.0" in r.output
+    assert "data.chio.budget.decision for policy 'default': engine error: malformed decision: warnings.0" in r.output
 
 
 def test_a_failing_rego_test_fails_lint(tree):

@@ -9,7 +9,7 @@ import tracemalloc
 import pytest
 
 from chio_budget.toolkit.receipts import (MAX_LINE_BYTES, BadRecords, ReceiptError, iter_receipts, parse_line)
-from toolkit_support import rec, write_log
+from support.toolkit import rec, write_log
 
 U64_MAX = 2**64 - 1
 

@@ -18,8 +18,8 @@ from chio_budget.cli import app
 from chio_budget.toolkit.costquery import CostQuery, execute_cost_query
 from chio_budget.toolkit.receipts import iter_receipts
 from chio_budget.toolkit.samplelog import sample_records
-from conftest import ROOT
-from toolkit_support import rec, write_log
+from support.guards import ROOT
+from support.toolkit import rec, write_log
 
 runner = CliRunner()
 CLI = str(ROOT / ".venv" / "bin" / "chio-budget")
@@ -227,3 +227,14 @@ def test_commands_work_when_the_cli_runs_as_main():
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.splitlines()[0])["schema"] == "chio.cost-metadata.v1"
+
+
+def test_a_windowed_limit_is_shown_with_its_window_not_as_a_share(tmp_path):
+    pol = tmp_path / "p"
+    pol.mkdir()
+    (pol / "default.yaml").write_text("currency: USD\nmax_total: 100\nwindow: monthly\n"
+                                      "max_per_tool:\n  \"s1:t1\": {units: 40, window: all_time}\n")
+    log = write_log(tmp_path / "l.jsonl", [rec("r1", cost=50)])
+    r = run("report", log, "--group-by", "tool", "--policies", pol)
+    assert "1.00 USD per monthly  n/a (windowed)" in r.stdout  # max_total, monthly: not comparable
+    assert "125% over" in r.stdout                               # the all-time tool limit is

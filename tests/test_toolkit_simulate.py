@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 
 from chio_budget.cli import app
 from chio_budget.policy import load_policies
+from chio_budget.rust_model import RustEnforcer
 from chio_budget.toolkit.ordering import Call, assume_sorted, time_ordered
 from chio_budget.toolkit.receipts import ReceiptError
-from conftest import REGO_DIR
-from rust_model import RustEnforcer
-from toolkit_support import rec, write_log
+from support.guards import REGO_DIR
+from support.toolkit import rec, write_log
 
 runner = CliRunner()
 POLICY = ("currency: USD\nmax_total: 900\nmax_per_session: 300\nmax_per_agent: 350\n"
@@ -280,3 +280,19 @@ def test_chart_data_is_bounded_whatever_the_run_length():
     agents = t.keys["agent"]
     assert len(agents) <= tl.MAX_KEYS and "whale" in agents  # the biggest spender keeps its line
     assert agents[f"a{3 * tl.MAX_KEYS - 1}"].points[0] == (3 * tl.MAX_KEYS - 1, 0)  # a recent key kept whole
+
+
+def test_windowed_limits_reset_on_the_calls_own_clock_and_are_shown_per_window(tmp_path):
+    pol = tmp_path / "win"
+    pol.mkdir()
+    (pol / "default.yaml").write_text("currency: USD\nmax_total: 100000\nmax_per_agent: {units: 100, window: daily}\n")
+    day = 86400
+    log = write_log(tmp_path / "log.jsonl", [rec("r1", day + 10, cost=40), rec("r2", day + 20, cost=40),
+                                            rec("r3", day + 30, cost=40), rec("r4", 2 * day + 5, cost=40)])
+    out = simulate_json(log, "--policies", pol)
+    assert out["calls"]["denied"] == 1 and out["first_denial"]["agent"]["receipt_id"] == "r3"  # r4: a new day
+    [agent] = out["spend"]["agent"]
+    assert (agent["spent"], agent["limit"], agent["window"]) == (120, 100, "daily")
+    assert out["spend"]["total"]["window"] is None
+    table = run("simulate", log, "--policies", pol).stdout
+    assert "1.00 USD per daily" in table and "OVER" not in table  # 120 spent over two days is not over

@@ -74,24 +74,36 @@ def _top(sim: Simulation, scope: str) -> dict[str, list[tuple[int, int]]]:
     return {k: series[k].points for k in biggest}
 
 
+def _per(window: str | None) -> str:
+    return f" (limit per {window} window: not drawn on the run's cumulative spend)" if window else ""
+
+
+def _lines(sim: Simulation, scope: str, keys: list[str | None]) -> dict[str, int]:
+    """The all-time limits to draw as dashed lines, labelled; a windowed limit caps each window
+    and would be a false line on a curve that never resets, so it is named in the title instead."""
+    cur = sim.policy.currency
+    out = {}
+    for key in keys:
+        limit, window = sim.limit(scope, key), sim.window(scope, key)
+        if limit is not None and window is None:
+            name = key if scope == "tool" else ("max_total" if scope == "total" else f"max_per_{scope}")
+            out[f"{name} {money(limit, cur)}"] = limit
+    return out
+
+
 def draw(sim: Simulation, *, title: str | None = None) -> bytes:
     """The PNG bytes of the four-panel chart."""
     Figure = _matplotlib()
     cur = sim.policy.currency
     fig = Figure(figsize=(12, 8), dpi=110, layout="constrained")
     axes = fig.subplots(2, 2, sharex=True)
-    _panel(axes[0][0], "total", {"total": sim.timeline.total.points},
-           {f"max_total {money(sim.limit('total'), cur)}": sim.limit("total")}, sim.timeline.marks.get("total", []),
-           sim.denied_by_scope.get("total", 0), cur)
+    _panel(axes[0][0], "total" + _per(sim.window("total")), {"total": sim.timeline.total.points},
+           _lines(sim, "total", [None]), sim.timeline.marks.get("total", []), sim.denied_by_scope.get("total", 0), cur)
     for ax, scope in ((axes[0][1], "agent"), (axes[1][0], "session"), (axes[1][1], "tool")):
         lines = _top(sim, scope)
-        if scope == "tool":
-            limits = {f"{key} {money(lim, cur)}": lim for key in lines
-                      if (lim := sim.limit("tool", key)) is not None}
-        else:
-            lim = sim.limit(scope)
-            limits = {} if lim is None else {f"max_per_{scope} {money(lim, cur)}": lim}
-        _panel(ax, f"top {TOP} {scope}s by spend", lines, limits, sim.timeline.marks.get(scope, []),
+        windowed = {w for key in (lines if scope == "tool" else [None]) if (w := sim.window(scope, key))}
+        _panel(ax, f"top {TOP} {scope}s by spend" + _per(", ".join(sorted(windowed))), lines,
+               _lines(sim, scope, list(lines) if scope == "tool" else [None]), sim.timeline.marks.get(scope, []),
                sim.denied_by_scope.get(scope, 0), cur)
     c = sim.total
     fig.suptitle(title or f"policy {sim.policy.id}: {c.allowed:,} allowed, {c.denied:,} denied of {c.calls:,} calls",

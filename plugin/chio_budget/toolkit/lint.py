@@ -2,12 +2,12 @@
 
 In order: the rates file when one is given (located errors; its declared
 currency units are what the policies may use), the YAML policies (located
-errors), their compilation to the Rego
-data document, the Rego loaded into the embedded OPA with that data (parse
-and compile errors as ``file:row:col``) and the decision evaluated once per
-policy (it must be defined and well-formed), the Rego tests (through
-``regotest.run``, the ``opa test`` stand-in), and - only with a real ``opa``
-binary (``OPA_BIN``, then ``PATH``) - ``opa check --strict`` and
+errors), their compilation to the Rego data document, the Rego - parsed file
+by file by ``regotest.run`` (the ``opa test`` stand-in, whose results are
+also the Rego tests' check), compiled with that data in the embedded engine
+(errors as ``file:row:col``), and the decision evaluated through it once
+per policy (it must be defined and well-formed) - and, only with a real
+``opa`` binary (``OPA_BIN``, then ``PATH``), ``opa check --strict`` and
 ``opa fmt --list``. A check whose input failed is skipped, not failed twice.
 
 Columns: OPA prints a parse error with the source line and a caret, so its
@@ -24,8 +24,6 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from opa_bindings import OpaEngine, OpaError
 
 from ..errors import ChioBudgetError, EngineError, PolicyError
 
@@ -104,78 +102,70 @@ def check_policies(policies_dir: Path, currencies: Any) -> tuple[Check, Any]:
     return Check("policies", "ok", f"{len(loaded)} polic{'y' if len(loaded) == 1 else 'ies'} ({ids})"), loaded
 
 
-def check_compile(policies: Any) -> tuple[Check, dict | None]:
-    from ..compiler import data_document, data_revision
+def check_compile(policies: Any) -> Check:
+    from ..compiler import data_revision
 
     if policies is None:
-        return Check("compile", "skipped", "the policies did not load"), None
-    return Check("compile", "ok", f"data revision {data_revision(policies)[:19]}..."), data_document(policies)
+        return Check("compile", "skipped", "the policies did not load")
+    return Check("compile", "ok", f"data revision {data_revision(policies)[:19]}...")
 
 
-def check_rego(rego_dir: Path, data: dict | None) -> Check:
-    """Parse every file, compile them together with the data, evaluate the decision per policy."""
+def check_rego(rego_dir: Path, policies: Any, tests: Any) -> Check:
+    """Parse every file (``tests``: the test runner's pass over them), compile the policy modules
+    with the data in the embedded engine, and evaluate the decision once per policy through it."""
+    from ..compiler import Compiled, compile_all
+    from ..engines.embedded import EmbeddedEngine
+    from ..rego_files import rego_modules
+
+    if tests.errors:
+        errors = [line for e in tests.errors for line in locate(e, _sources(rego_dir))]
+        return Check("rego", "failed", f"{len(errors)} parse error(s)", errors)
+    try:
+        sources = rego_modules(rego_dir, full_paths=True)
+        compiled = compile_all(policies) if policies is not None else Compiled.from_budget({"policies": {}})
+        engine = EmbeddedEngine(compiled, modules=sources)
+    except EngineError as exc:
+        errors = locate(str(exc).removeprefix("embedded OPA: "), _sources(rego_dir))
+        return Check("rego", "failed", f"{len(errors)} compile error(s)", errors)
+    with engine:
+        errors = _probe_decisions(engine, policies or {})
+    if errors:
+        return Check("rego", "failed", "the decision is not well-formed", errors)
+    return Check("rego", "ok", f"{len(sources)} module(s) compile; decision defined for every policy")
+
+
+def _sources(rego_dir: Path) -> dict[str, str]:
     from ..rego_files import rego_modules
 
     try:
-        sources = rego_modules(rego_dir, include_tests=True, full_paths=True)
-    except EngineError as exc:
-        return Check("rego", "failed", "no Rego to load", [str(exc)])
-    errors: list[str] = []
-    with OpaEngine() as opa:
-        opa.print_handler = lambda _m, _l: None
-        for name, src in sources.items():
-            try:
-                opa.eval_query("m := rego.parse_module(input.name, input.src)", {"name": name, "src": src})
-            except OpaError as exc:
-                errors += locate(exc.message, sources)
-        if errors:
-            return Check("rego", "failed", f"{len(errors)} parse error(s)", errors)
-        try:
-            for name, src in sources.items():
-                opa.add_policy(name, src)
-            opa.add_data(data or {})
-            opa.eval_query("x := data.chio.budget.decision")
-        except OpaError as exc:
-            errors = locate(exc.message, sources)
-            return Check("rego", "failed", f"{len(errors)} compile error(s)", errors)
-        errors = _probe_decisions(opa, data)
-    if errors:
-        return Check("rego", "failed", "the decision is not well-formed", errors)
-    return Check("rego", "ok", f"{len(sources)} file(s) parse and compile; decision defined for every policy")
+        return rego_modules(rego_dir, include_tests=True, full_paths=True)
+    except EngineError:
+        return {}
 
 
-def _probe_decisions(opa: OpaEngine, data: dict | None) -> list[str]:
-    """Each policy's decision on a zero-cost call must be defined and of the contract's shape."""
-    from ..decision import Decision
+def _probe_decisions(engine: Any, policies: Any) -> list[str]:
+    """Each policy's decision on a zero-cost call (the guard's own input) must be well-formed."""
+    from ..cost import CostMetadata
+    from ..opa_input import build_input
 
+    meta = CostMetadata(receipt_id="lint", timestamp=0, agent_id="lint", tool_server="lint", tool_name="probe")
     errors = []
-    for pid, entry in ((data or {}).get("chio", {}).get("budget", {}).get("policies", {})).items():
-        probe = {"policy_id": pid,
-                 "request": {"receipt_id": "lint", "timestamp": 0, "agent_id": "lint", "session_id": None,
-                             "tool_server": "lint", "tool_name": "probe", "tool_key": "lint:probe"},
-                 "cost": {"units": 0, "currency": entry.get("currency")},
-                 "totals": {"total": 0, "session": None, "agent": 0, "tool": None}}
-        try:
-            d = Decision.from_opa(opa.eval_document("chio.budget.decision", probe), pid)
-        except OpaError as exc:
-            errors.append(f"data.chio.budget.decision for policy {pid!r}: {exc.message}")
-            continue
+    for pid, policy in sorted(policies.items()):
+        probe = build_input(meta, 0, {"total": 0, "agent": 0, "tool": 0}, policy=policy)
+        d = engine.decide(probe)
         if d.error is not None:
             errors.append(f"data.chio.budget.decision for policy {pid!r}: {d.error}")
     return errors
 
 
-def check_rego_tests(rego_dir: Path) -> Check:
-    from ..regotest import run
-
-    result = run(rego_dir)
-    failed = [f"{t.file}: {t.ref}: {t.outcome} {t.detail}".rstrip() for t in result.tests
+def check_rego_tests(tests: Any) -> Check:
+    failed = [f"{t.file}: {t.ref}: {t.outcome} {t.detail}".rstrip() for t in tests.tests
               if t.outcome in ("FAIL", "ERROR")]
-    passed, skipped = result.count("PASS"), result.count("SKIPPED")
+    passed, skipped = tests.count("PASS"), tests.count("SKIPPED")
     summary = f"{passed} passed, {len(failed)} failed" + (f", {skipped} skipped" if skipped else "")
-    if result.ok and result.tests:
+    if tests.ok and tests.tests:
         return Check("rego tests", "ok", summary)
-    return Check("rego tests", "failed", summary if result.tests else "no tests found", result.errors + failed)
+    return Check("rego tests", "failed", summary if tests.tests else "no tests found", tests.errors + failed)
 
 
 def check_opa(opa: str | None, rego_dir: Path) -> list[Check]:
@@ -210,6 +200,9 @@ def lint(policies_dir: Path, rego_dir: Path, *, opa: str | None = None, rates: P
     """Every check, in order; ``opa`` is the binary to use (None: none)."""
     rates_check, currencies = check_rates(rates)
     pol, loaded = check_policies(policies_dir, currencies)
-    comp, data = check_compile(loaded)
-    checks = [pol, comp, check_rego(rego_dir, data), check_rego_tests(rego_dir), *check_opa(opa, rego_dir)]
+    comp = check_compile(loaded)
+    from ..regotest import run as run_rego_tests
+
+    tests = run_rego_tests(rego_dir)  # one pass: parse errors for "rego", results for "rego tests"
+    checks = [pol, comp, check_rego(rego_dir, loaded, tests), check_rego_tests(tests), *check_opa(opa, rego_dir)]
     return ([rates_check] if rates_check else []) + checks

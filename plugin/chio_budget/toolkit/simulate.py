@@ -26,6 +26,8 @@ from ..money import U64_MAX
 from ..policy import BudgetPolicy
 from .calls import cost_of, meta_of
 from .ordering import Call
+from ..windows import ALL_TIME
+from .costquery import NO_SESSION
 from .timeline import Mark, Timeline
 
 SCOPES = ("total", "session", "agent", "tool")
@@ -119,25 +121,23 @@ class Simulation:
         entry["count"] += 1
 
     def limit(self, scope: str, key: str | None = None) -> int | None:
-        p = self.policy
-        if scope == "total":
-            return p.max_total.units
-        if scope == "agent":
-            return p.max_per_agent.units if p.max_per_agent is not None else None
-        if scope == "session":
-            return p.max_per_session.units if p.max_per_session is not None else None
-        return p.max_per_tool[key].units if key in p.max_per_tool else None
+        return policy_limit(self.policy, scope, key)[0]
+
+    def window(self, scope: str, key: str | None = None) -> str | None:
+        return policy_limit(self.policy, scope, key)[1]
 
     def result(self) -> dict[str, Any]:
         """The JSON report (docs/toolkit.md, "simulate --json")."""
         t = self.total
-        spend: dict[str, Any] = {"total": {"spent": t.spent, "limit": self.limit("total"), "calls": t.calls,
+        spend: dict[str, Any] = {"total": {"spent": t.spent, "limit": self.limit("total"),
+                                           "window": self.window("total"), "calls": t.calls,
                                            "allowed": t.allowed, "denied": t.denied}}
         for scope in ("agent", "session", "tool"):
             rows = []
             for key in sorted(self.keys[scope]):
                 s = self.keys[scope][key]
-                rows.append({"key": key, "spent": s.spent, "limit": self.limit(scope, key), "calls": s.calls,
+                limit, window = policy_limit(self.policy, scope, key)
+                rows.append({"key": key, "spent": s.spent, "limit": limit, "window": window, "calls": s.calls,
                              "allowed": s.allowed, "denied": s.denied})
             spend[scope] = rows
         return {
@@ -149,6 +149,26 @@ class Simulation:
             "spend": spend,
             "warnings": sorted(self.warnings.values(), key=lambda w: -w["count"]),
         }
+
+
+def policy_limit(policy: BudgetPolicy, scope: str, key: str | None = None) -> tuple[int | None, str | None]:
+    """The limit that reads this scope's counter (units, or None) and its window (None: all time).
+
+    A windowed limit caps the spend of each window, so it is not comparable with
+    a whole run's spend; views show it with its window instead of a share used.
+    """
+    if scope == "total":
+        limit = policy.max_total
+    elif scope == "agent":
+        limit = policy.max_per_agent
+    elif scope == "session":
+        limit = None if key == NO_SESSION else policy.max_per_session
+    else:
+        limit = policy.max_per_tool.get(key) if key is not None else None
+    if limit is None:
+        return None, None
+    window = getattr(limit, "window", None) or policy.window
+    return limit.units, None if window.kind == ALL_TIME else str(window)
 
 
 def _scope_order(item: tuple[str, Any]) -> tuple[int, str]:

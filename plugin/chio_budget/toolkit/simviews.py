@@ -37,9 +37,16 @@ def _used(spent: int, limit: int | None) -> str:
     return f"{pct}%" + (" OVER" if spent > limit else "")
 
 
+def _limit(r: dict[str, Any], currency: str) -> str:
+    if r["limit"] is None:
+        return "-"
+    return money(r["limit"], currency) + (f" per {r['window']}" if r.get("window") else "")
+
+
 def _rows(rows: list[dict[str, Any]], currency: str) -> list[list[str]]:
+    """A windowed limit caps each window: shown with its window, no share of the run's spend."""
     return [[r["key"], f"{r['calls']:,}", f"{r['allowed']:,}", f"{r['denied']:,}", money(r["spent"], currency),
-             "-" if r["limit"] is None else money(r["limit"], currency), _used(r["spent"], r["limit"])] for r in rows]
+             _limit(r, currency), "" if r.get("window") else _used(r["spent"], r["limit"])] for r in rows]
 
 
 def _top(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

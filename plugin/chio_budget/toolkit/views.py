@@ -16,7 +16,7 @@ from rich.text import Text
 
 from ..currencies import builtin_scale
 from ..policy import BudgetPolicy
-from .costquery import NO_SESSION
+from .simulate import policy_limit
 
 
 def console() -> Console:
@@ -57,11 +57,15 @@ def duration_ms(ms: int) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
-def usage(spent: dict[str, Any] | None, limit_units: int | None, currency: str) -> tuple[str, str]:
-    """``(limit, used)`` cells: the limit and the share used, or why it cannot be compared."""
+def usage(spent: dict[str, Any] | None, limit_units: int | None, currency: str,
+          window: str | None = None) -> tuple[str, str]:
+    """``(limit, used)`` cells: the limit and the share used, or why it cannot be compared
+    (a windowed limit caps each window, not the whole log)."""
     if limit_units is None:
         return "-", ""
     limit = money(limit_units, currency)
+    if window is not None:
+        return f"{limit} per {window}", "n/a (windowed)"
     if spent is None:
         return limit, "n/a (mixed)"
     if spent["currency"] != currency:
@@ -69,17 +73,6 @@ def usage(spent: dict[str, Any] | None, limit_units: int | None, currency: str) 
     pct = spent["units"] * 100 // limit_units if limit_units else (0 if spent["units"] == 0 else 10**9)
     over = spent["units"] > limit_units
     return limit, f"[red]{pct}% over[/red]" if over else f"{pct}%"
-
-
-def group_limit(policy: BudgetPolicy, group_by: str, key: str) -> int | None:
-    """The policy limit that applies to one group's counter, if any."""
-    if group_by == "agent" and policy.max_per_agent is not None:
-        return policy.max_per_agent.units
-    if group_by == "session" and key != NO_SESSION and policy.max_per_session is not None:
-        return policy.max_per_session.units
-    if group_by == "tool" and key in policy.max_per_tool:
-        return policy.max_per_tool[key].units
-    return None
 
 
 def report_view(result: dict[str, Any], group_by: str, policy: BudgetPolicy | None = None,
@@ -98,7 +91,8 @@ def report_view(result: dict[str, Any], group_by: str, policy: BudgetPolicy | No
     head.add_row("data", nbytes(s["total_data_bytes"]))
     head.add_row("spend", amount(s.get("total_monetary_cost"), "- (no cost, or mixed currencies)"))
     if policy is not None:
-        limit, used = usage(s.get("total_monetary_cost"), policy.max_total.units, policy.currency)
+        units, window = policy_limit(policy, "total")
+        limit, used = usage(s.get("total_monetary_cost"), units, policy.currency, window)
         head.add_row(f"policy {policy.id} max_total", f"{limit}  {used}".rstrip())
     parts: list[Any] = [head]
     groups = result.get("groups", [])
@@ -116,8 +110,8 @@ def report_view(result: dict[str, Any], group_by: str, policy: BudgetPolicy | No
             row = [Text(g["key"]), f"{g['receipt_count']:,}", duration_ms(g["total_compute_time_ms"]),
                    nbytes(g["total_data_bytes"]), amount(g.get("total_monetary_cost"))]
             if policy is not None:
-                row += list(usage(g.get("total_monetary_cost"), group_limit(policy, group_by, g["key"]),
-                                  policy.currency))
+                units, window = policy_limit(policy, group_by, g["key"])
+                row += list(usage(g.get("total_monetary_cost"), units, policy.currency, window))
             table.add_row(*row)
         parts.append(table)
     return Group(*parts)
