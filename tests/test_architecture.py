@@ -33,7 +33,7 @@ TIERS: list[set[str]] = [
     {"reload", "soft_limits", "opa_input", "regotest_report"},
     {"guard", "shadow", "chain", "wasm"},
     {"chain_guard"},
-    {"replay", "demo", "cli_rates", "cli_regotest", "cli_bundle"},
+    {"replay", "demo", "cli_rates", "cli_regotest", "cli_bundle", "toolkit"},
     {"cli", ""},  # "" is the package itself (its __init__)
 ]
 
@@ -47,7 +47,9 @@ ONE_HOME = {
     "prometheus_client": {"metrics"},
     "babel": {"currencies"},
     "watchfiles": {"watch"},
-    "typer": {"cli", "cli_rates", "cli_regotest", "cli_bundle"},
+    "typer": {"cli", "cli_rates", "cli_regotest", "cli_bundle", "toolkit.cli", "toolkit.cli_report",
+              "toolkit.cli_lint", "toolkit.cli_simulate", "toolkit.cli_ledger"},
+    "matplotlib": {"toolkit.charts"},
 }
 
 MAX_LINES = 400

@@ -119,6 +119,21 @@ def test_a_warning_event_links_to_its_decision_and_a_mask_reaches_its_agent_ids(
     assert '"a1"' not in json.dumps(warning) and '"a1"' not in json.dumps(decision["result"])  # (UUIDs hold a1)
 
 
+def test_an_audit_event_validates_and_keeps_the_ledger_key_where_a_mask_reaches_it(tmp_path):
+    d = tmp_path / "mask"
+    d.mkdir()
+    (d / "mask.rego").write_text('package system.log\n\nmask contains "/input/key" if contains(input.input.key, "/agent/")\n')
+    mask = LogMask(d)
+    try:
+        log = DecisionLog([].append, mask=mask)
+        ev = mask.apply(log.audit_event(action="adjust", who="ops@h", why="refund", ledger="memory://",
+                                        key="p//agent/a1", delta=-5))
+    finally:
+        mask.close()
+    assert errors(ev) == [] and ev["chio"]["event"] == "audit" and "parent_decision_id" not in ev["chio"]
+    assert ev["input"] == {"delta": -5} and ev["erased"] == ["/input/key"]
+
+
 def test_labels_get_a_fresh_instance_id_and_our_version_as_opa_does():
     a, b = DecisionLog([].append), DecisionLog([].append, labels={"version": "mine"})
     assert a.labels["id"] != b.labels["id"] and len(a.labels["id"]) == 36

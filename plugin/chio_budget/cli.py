@@ -16,6 +16,7 @@ import typer
 
 from . import cli_rates
 from .errors import ChioBudgetError, InputError, PolicyError, WindowError
+from .toolkit.cli import register as register_toolkit
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
@@ -249,6 +250,7 @@ register_test_rego(app)
 from .cli_bundle import register as register_bundle  # noqa: E402  (bundle: build, sign, verify)
 register_bundle(app, RATES, lambda rates: _currencies(_rates(rates)))
 cli_rates.register(app)
+register_toolkit(app, globals())  # report, sample-log, lint, simulate, diff, ledger (issue 12)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ an integer ``metrics.timer_rego_query_eval_ns`` on every evaluation (OPA's
 own on the server engine, the call's wall time on the embedded one, 0 when
 OPA was not asked; ``chio.client_wall_ns`` the call's wall time); ``chio``
 with what OPA does not know (``event``: decision | settlement | shadow |
-warning, request id, verdict, estimate). What might name an agent is under
+warning | audit, request id, verdict, estimate). What might name an agent is under
 ``input``/``result``, where a ``mask`` (``engines.mask.LogMask``:
 ``data.system.log.mask`` rules) erases or overwrites it before writing.
 
@@ -40,7 +40,7 @@ import time
 import uuid
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, TextIO
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from .compiler import DECISION_PATH
 from .decision import BudgetViolation
@@ -62,16 +62,12 @@ def chio_budget_version() -> str:
 
 
 def event_kind(ev: dict[str, Any]) -> str:
-    """``decision`` | ``settlement`` | ``shadow`` | ``warning`` (also of logs written before ``chio.event``)."""
+    """``decision`` | ``settlement`` | ``shadow`` | ``warning`` | ``audit`` (also of older logs' ``type``)."""
     return str((ev.get("chio") or {}).get("event") or ev.get("type") or "decision")
 
 
 def parent_of(ev: dict[str, Any]) -> str | None:
     return (ev.get("chio") or {}).get(PARENT)
-
-
-class Mask(Protocol):
-    def apply(self, event: dict[str, Any]) -> dict[str, Any]: ...
 
 
 def rfc3339_now() -> str:
@@ -177,7 +173,7 @@ class DecisionLog:
     """
 
     def __init__(self, sink: str | Path | TextIO | Sink, *, labels: dict[str, str] | None = None,
-                 path: str = DECISION_PATH, bundle_name: str = BUNDLE_NAME, mask: Mask | None = None,
+                 path: str = DECISION_PATH, bundle_name: str = BUNDLE_NAME, mask: Any = None,
                  max_bytes: int | None = None, backup_count: int = 5):
         self.labels = dict(labels or {})
         self.labels["id"] = self.labels.get("id") or new_decision_id()
@@ -254,6 +250,12 @@ class DecisionLog:
                       "guard": guard, "request_id": request_id, "policy_id": policy_id,
                       "scope": warning.get("scope"), "threshold_bps": threshold_bps}
         return ev
+
+    def audit_event(self, *, action: str, who: str, why: str | None, ledger: str, **details: Any) -> dict[str, Any]:
+        """An operator's change by hand (``chio-budget ledger``): ``input`` holds what it touched."""
+        chio = {"event": "audit", "action": action, "who": who, "why": why, "ledger": ledger}
+        return {"decision_id": new_decision_id(), "timestamp": rfc3339_now(), "labels": dict(self.labels),
+                "input": details, "chio": chio}
 
     # -- writing ------------------------------------------------------------
 
