@@ -38,6 +38,14 @@ AGENT_MASK = """
 """
 
 
+def log_mask(tmp_path, rego: str) -> LogMask:
+    """A ``LogMask`` over one ``package system.log`` file holding ``rego``."""
+    d = tmp_path / "mask"
+    d.mkdir()
+    (d / "mask.rego").write_text(textwrap.dedent(rego).lstrip())
+    return LogMask(d)
+
+
 def errors(event: dict) -> list[str]:
     return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in VALIDATOR.iter_errors(event)]
 
@@ -95,17 +103,15 @@ def test_every_event_of_a_call_validates_has_its_own_id_and_links_to_its_decisio
 
 
 def test_a_warning_event_links_to_its_decision_and_a_mask_reaches_its_agent_ids(tmp_path):
-    d = tmp_path / "mask"
-    d.mkdir()
-    (d / "mask.rego").write_text(textwrap.dedent(AGENT_MASK).lstrip() + textwrap.dedent("""
+    rules = textwrap.dedent(AGENT_MASK) + textwrap.dedent("""
         mask contains "/input/counter" if contains(input.input.counter, "/agent/")
 
         mask contains sprintf("/result/warnings/%d/agent_id", [i]) if input.result.warnings[i].agent_id
-    """))
+    """)
     policy = parse_policy("id: soft\ncurrency: USD\nmax_total: 1000\nmax_per_agent: {units: 600, warn_at: [0.5]}\n",
                           "soft.yaml")
     events: list[dict] = []
-    mask = LogMask(d)
+    mask = log_mask(tmp_path, rules)
     try:
         b = BudgetChainGuard(guard_for(policy), decision_log=DecisionLog(events.append, mask=mask))
         assert b.evaluate(ctx("r1", cost_estimate=400)).verdict == "allow"
@@ -120,10 +126,7 @@ def test_a_warning_event_links_to_its_decision_and_a_mask_reaches_its_agent_ids(
 
 
 def test_an_audit_event_validates_and_keeps_the_ledger_key_where_a_mask_reaches_it(tmp_path):
-    d = tmp_path / "mask"
-    d.mkdir()
-    (d / "mask.rego").write_text('package system.log\n\nmask contains "/input/key" if contains(input.input.key, "/agent/")\n')
-    mask = LogMask(d)
+    mask = log_mask(tmp_path, 'package system.log\n\nmask contains "/input/key" if contains(input.input.key, "/agent/")\n')
     try:
         log = DecisionLog([].append, mask=mask)
         ev = mask.apply(log.audit_event(action="adjust", who="ops@h", why="refund", ledger="memory://",
@@ -176,11 +179,8 @@ def test_on_the_server_engine_the_timer_is_opas_own_and_the_call_time_is_separat
 
 
 def test_a_mask_rule_keeps_agent_ids_out_of_every_event(tmp_path):
-    d = tmp_path / "mask"
-    d.mkdir()
-    (d / "mask.rego").write_text(textwrap.dedent(AGENT_MASK).lstrip())
     log = tmp_path / "d.jsonl"
-    mask = LogMask(d)
+    mask = log_mask(tmp_path, AGENT_MASK)
     try:
         scripted(DecisionLog(log, mask=mask))
     finally:
@@ -196,10 +196,7 @@ def test_a_mask_rule_keeps_agent_ids_out_of_every_event(tmp_path):
 
 
 def test_a_failing_mask_is_a_failed_write_and_the_call_is_denied(tmp_path):
-    d = tmp_path / "mask"
-    d.mkdir()
-    (d / "mask.rego").write_text('package system.log\n\nmask contains "/chio/request_id"\n')
-    mask = LogMask(d)
+    mask = log_mask(tmp_path, 'package system.log\n\nmask contains "/chio/request_id"\n')
     try:
         b = budget(decision_log=DecisionLog([].append, mask=mask))
         out = b.evaluate(ctx("r1", cost_estimate=1))
