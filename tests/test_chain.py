@@ -468,12 +468,36 @@ def test_spend_always_equals_commits_plus_holds_and_never_exceeds_allowed(steps)
         assert sum(holds.values()) <= 1000
 
 
-def test_a_retried_evaluation_keeps_the_first_reservation():
+def test_a_retried_evaluation_keeps_the_first_reservation_and_answer():
     b = budget()
-    b.evaluate(ctx("r1", cost_estimate=100))
+    first = b.evaluate(ctx("r1", cost_estimate=100))
     d = b.evaluate(ctx("r1", cost_estimate=250))
-    assert d.verdict == "allow"
+    assert d == first  # the first answer, decision id and all
     assert d.evidence[0].details["estimate"]["units"] == 100
-    assert "already held" in d.evidence[0].details["estimate"]["source"]
     assert b.guard.total_held() == 100 and b.open_holds() == 1
     assert b.on_invocation_complete("r1").committed_units == 100
+
+
+def test_a_retried_deny_is_the_first_deny_and_reserves_nothing():
+    b = budget()
+    first = b.evaluate(ctx("r1", cost_estimate=5000))
+    assert first.verdict == "deny" and first.evidence[0].details["decision"]["violations"]
+    assert b.evaluate(ctx("r1", cost_estimate=5000)) == first
+    assert (b.guard.total_held(), b.open_holds()) == (0, 0)
+
+
+def test_a_retry_after_settlement_is_never_allowed_again():
+    b = budget()
+    assert b.evaluate(ctx("r1", cost_estimate=100)).allowed
+    b.on_invocation_complete("r1")
+    again = b.evaluate(ctx("r1", cost_estimate=100))
+    assert again.verdict == "deny" and "already committed" in again.reason
+    assert b.guard.total_spent() == 100 and b.guard.total_held() == 0
+
+
+def test_a_request_id_reused_for_another_request_is_denied():
+    b = budget()
+    assert b.evaluate(ctx("r1", cost_estimate=100)).allowed
+    other = b.evaluate(ctx("r1", agent="someone-else", cost_estimate=100))
+    assert other.verdict == "deny" and "already used for a different request" in other.reason
+    assert b.guard.total_held() == 100
