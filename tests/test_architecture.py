@@ -30,9 +30,10 @@ TIERS: list[set[str]] = [
     {"conversion", "compiler", "rust_model", "rates_file", "regotest", "ledger"},
     {"actual_cost", "authorization", "engines", "bundle", "decisionlog", "counters"},
     {"reload", "soft_limits", "opa_input"},
-    {"guard", "shadow", "chain", "wasm"},
+    {"guard", "shadow", "chain", "wasm", "chain_settle"},
     {"chain_guard"},
-    {"replay", "demo", "cli_rates"},
+    {"replay", "demo", "cli_rates", "serve"},
+    {"cli_serve"},
     {"cli", ""},  # "" is the package itself (its __init__)
 ]
 
@@ -46,7 +47,10 @@ ONE_HOME = {
     "prometheus_client": {"metrics"},
     "babel": {"currencies"},
     "watchfiles": {"watch"},
-    "typer": {"cli", "cli_rates"},
+    "typer": {"cli", "cli_rates", "cli_serve"},
+    "fastapi": {"serve.app"},
+    "starlette": {"serve.app"},
+    "uvicorn": {"serve.runner"},
 }
 
 MAX_LINES = 400

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import typer
 
-from . import cli_rates
+from . import cli_rates, cli_serve
 from .errors import ChioBudgetError, InputError, PolicyError, WindowError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -270,6 +270,7 @@ def explain(decision_id: str = typer.Argument(..., help="decision_id from a deci
 
 
 cli_rates.register(app)
+cli_serve.register(app, globals())  # serve: the HTTP sidecar (issue 10)
 
 
 def main() -> None:
