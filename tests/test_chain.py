@@ -240,6 +240,16 @@ def test_actual_from_dimensions_when_total_is_absent():
     assert actual_units(doc, "USD", {}) == (75, "api_cost dimensions")
 
 
+def test_the_kernels_tool_invocation_cost_is_an_actual_cost():
+    # ToolInvocationCost {units, currency, breakdown?}: what a kernel tool server reports.
+    assert actual_units({"units": 42, "currency": "USD", "breakdown": {"tokens": 9}}, "USD") == (
+        42, "tool_invocation_cost")
+    assert actual_units({"units": 10, "currency": "EUR"}, "USD", static_rates({"EUR/USD": "1.05"}), 1000) == (
+        11, "tool_invocation_cost")
+    with pytest.raises(CostError, match="units"):
+        actual_units({"units": -1, "currency": "USD"}, "USD")
+
+
 def test_cross_currency_dimensions_are_converted_not_skipped():
     # The Rust total skips the EUR dimension; we convert it (rounding up) and take the larger.
     doc = dict(RUST_COST_METADATA, dimensions=RUST_COST_METADATA["dimensions"] + [

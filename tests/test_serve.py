@@ -139,9 +139,11 @@ def test_a_request_id_reused_for_another_call_is_denied(http):
 def test_settling_twice_counts_once(http):
     a, r = agent(), rid()
     http.post("/v1/evaluate", json=ctx(r, agent_id=a, cost_estimate=40))
-    first = http.post("/v1/settle", json={"request_id": r, "result": 30}).json()
+    # the kernel's ToolInvocationCost, as a tool server reports it
+    first = http.post("/v1/settle", json={"request_id": r, "result": {"units": 30, "currency": "USD",
+                                                                       "breakdown": {"tokens": 1200}}}).json()
     second = http.post("/v1/settle", json={"request_id": r, "result": 35}).json()
-    assert (first["outcome"], first["committed_units"]) == ("committed", 30)
+    assert (first["outcome"], first["committed_units"], first["source"]) == ("committed", 30, "tool_invocation_cost")
     assert (second["outcome"], second["committed_units"], second["source"]) == (
         "already_settled", 30, "no-op (was committed)")
     assert held(http, agent_id=a)["agent"]["spent_units"] == 30
@@ -320,3 +322,18 @@ def test_a_bad_policy_directory_is_a_located_error(tmp_path):
     out = subprocess.run([str(CHIO_BUDGET), "serve", "--policies", str(policies), "--port", "0"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "default.yaml:3: max_per_sesion: unknown key" in out.stderr
+
+
+def test_without_the_serve_extra_the_command_says_what_to_install(tmp_path):
+    script = ("import sys; sys.modules['fastapi'] = None; from chio_budget.cli import main; "
+              f"sys.argv = ['chio-budget', 'serve', '--policies', {str(write_policies(tmp_path / 'p'))!r}]; main()")
+    out = subprocess.run([str(CHIO_BUDGET.parent / "python"), "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "pip install 'chio-budget-guard[serve]'" in out.stderr
+
+
+def test_the_committed_openapi_document_is_what_the_app_generates():
+    from chio_budget.serve.app import create_app, openapi_json
+
+    assert openapi_json(create_app(None)) == (ROOT / "docs" / "openapi.json").read_text(), (
+        "regenerate it: .venv/bin/chio-budget serve --openapi > docs/openapi.json")
