@@ -32,7 +32,7 @@ TIERS: list[set[str]] = [
     {"reload", "soft_limits", "opa_input"},
     {"guard", "shadow", "chain", "wasm", "chain_settle"},
     {"chain_guard"},
-    {"replay", "demo", "cli_rates", "serve"},
+    {"replay", "demo", "cli_rates", "toolkit", "serve"},
     {"cli_serve"},
     {"cli", ""},  # "" is the package itself (its __init__)
 ]
@@ -47,7 +47,9 @@ ONE_HOME = {
     "prometheus_client": {"metrics"},
     "babel": {"currencies"},
     "watchfiles": {"watch"},
-    "typer": {"cli", "cli_rates", "cli_serve"},
+    "typer": {"cli", "cli_rates", "cli_serve", "toolkit.cli", "toolkit.cli_report", "toolkit.cli_lint",
+              "toolkit.cli_simulate", "toolkit.cli_ledger"},
+    "matplotlib": {"toolkit.charts"},
     "fastapi": {"serve.app"},
     "starlette": {"serve.app"},
     "uvicorn": {"serve.runner"},

@@ -15,4 +15,8 @@ these modules by name:
 - ``support.windows`` - spending helpers for the window tests.
 - ``support.workload`` - the overspend workload and the functions child
   processes run (they must be importable by name in a fresh interpreter).
+- ``support.toolkit`` - receipt-log builders for the toolkit tests (``rec``: the Rust tests'
+  ``make_record``; ``write_log``, gzip by extension).
+- ``support.rust_query`` - ``query.rs``'s ``execute_cost_query`` transcribed line for line (the
+  report's oracle; not streaming, sharing no code with ``chio_budget.toolkit``).
 """
