@@ -22,7 +22,7 @@ import json
 import os
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -162,6 +162,13 @@ def _routes(app: FastAPI, sidecar: Sidecar | None) -> None:
         assert sidecar is not None, "no sidecar behind this app"
         return sidecar
 
+    _contract(app, side)
+    _reports(app, side)
+
+
+def _contract(app: FastAPI, side: Callable[[], Sidecar]) -> None:
+    """The calls a kernel adapter makes: evaluate, settle, revalidate, external-guard."""
+
     @app.post("/v1/evaluate", response_model=None, tags=["full contract"],
               responses={200: {"model": GuardDecision, "description": "the verdict (a deny is a 200 too)"},
                          **_REFUSALS})
@@ -184,6 +191,19 @@ def _routes(app: FastAPI, sidecar: Sidecar | None) -> None:
         """For `revalidate_before_dispatch`: is the call's hold still live? Reserves nothing."""
         return AsciiJSON(asdict(side().revalidate(body.request_id, body.policy_id)))
 
+    @app.post("/v1/external-guard", response_model=None, tags=["today's adapter"],
+              responses={200: {"model": ExternalGuardResponse}, **_REFUSALS})
+    def external_guard(body: ExternalGuardRequest) -> Response:
+        """`GuardCallContext` in, `Verdict` out: the policy's price for the tool is reserved and
+        committed at once (no price: deny). A retried call is counted again (over-counts, never under)."""
+        reason, request_id = side().external(body.model_dump(), body.policy_id)
+        verdict = "Allow" if reason is None else "Deny"
+        return AsciiJSON({"verdict": verdict, "reason": reason, "request_id": request_id})
+
+
+def _reports(app: FastAPI, side: Callable[[], Sidecar]) -> None:
+    """What an operator reads: the budget, health, metrics."""
+
     @app.get("/v1/budget", response_model=None, tags=["reports"],
              responses={200: {"model": BudgetResponse}, 404: {"model": Problem, "description": "unknown policy"},
                         503: {"model": Problem, "description": "the ledger cannot be read"}, **_REFUSALS})
@@ -200,15 +220,6 @@ def _routes(app: FastAPI, sidecar: Sidecar | None) -> None:
                              status_code=422)
         except LedgerError as exc:
             return AsciiJSON({"detail": f"ledger error: {exc}"}, status_code=503)
-
-    @app.post("/v1/external-guard", response_model=None, tags=["today's adapter"],
-              responses={200: {"model": ExternalGuardResponse}, **_REFUSALS})
-    def external_guard(body: ExternalGuardRequest) -> Response:
-        """`GuardCallContext` in, `Verdict` out: the policy's price for the tool is reserved and
-        committed at once (no price: deny). A retried call is counted again (over-counts, never under)."""
-        reason, request_id = side().external(body.model_dump(), body.policy_id)
-        verdict = "Allow" if reason is None else "Deny"
-        return AsciiJSON({"verdict": verdict, "reason": reason, "request_id": request_id})
 
     @app.get("/health", response_model=None, tags=["operations"],
              responses={200: {"model": HealthResponse}, 401: _REFUSALS[401],
