@@ -93,14 +93,14 @@ class Sidecar:
 
     # -- the full contract ----------------------------------------------------------------
 
-    def evaluate(self, ctx: GuardContext, policy_id: str | None = None) -> GuardDecision:
+    def evaluate(self, ctx: GuardContext | dict[str, Any], policy_id: str | None = None) -> GuardDecision:
         """The chain guard's verdict on one call (idempotent by ``request_id``); never raises."""
         try:
             return self.member(policy_id).evaluate(ctx)
         except UnknownPolicy as exc:
             return GuardDecision.deny(GUARD_NAME, f"{GUARD_NAME}: denied: {exc}")
         except Exception as exc:  # noqa: BLE001 - fail closed: a verdict, never an error an adapter might misread
-            log.exception("evaluate %r failed", ctx.request_id)
+            log.exception("evaluate failed")
             return GuardDecision.deny(GUARD_NAME, f"{GUARD_NAME} error (fail-closed): {type(exc).__name__}: {exc}")
 
     def settle(self, request_id: str, result: Any = None, status: str = "completed",
