@@ -22,9 +22,10 @@ from support.sidecar import CHIO_BUDGET, ctx, start_sidecar, write_policies
 pytestmark = pytest.mark.slow
 
 
-def test_revalidate_after_the_hold_expired(tmp_path):
+def test_revalidate_after_the_hold_expired_and_an_internal_failure_is_a_deny_with_its_cause(tmp_path):
+    logs = tmp_path / "logs"
     side = start_sidecar(write_policies(tmp_path / "p"), "--ledger", f"sqlite:///{tmp_path / 'l.db'}",
-                         "--reservation-ttl", "0.5", tmp=tmp_path)
+                         "--reservation-ttl", "0.5", "--decision-log", str(logs / "decisions.jsonl"), tmp=tmp_path)
     try:
         with side.client() as http:
             assert http.post("/v1/evaluate", json=ctx("r1", cost_estimate=50)).json()["verdict"] == "allow"
@@ -38,6 +39,29 @@ def test_revalidate_after_the_hold_expired(tmp_path):
             assert http.post("/v1/settle", json={"request_id": "r1"}).json()["outcome"] == "committed_late"
             total = http.get("/v1/budget").json()["scopes"][0]
             assert (total["spent_units"], total["held_units"]) == (50, 0)
+            shutil.rmtree(logs)  # the decision log cannot be written any more: no record, no allow
+            d = http.post("/v1/evaluate", json=ctx("r2", cost_estimate=5))
+            assert d.status_code == 200 and d.json()["verdict"] == "deny"
+            assert "decision log error (fail-closed)" in d.json()["reason"]
+            assert http.get("/v1/budget").json()["scopes"][0]["held_units"] == 0
+    finally:
+        assert side.stop() == 0
+
+
+def test_a_ledger_that_cannot_be_reached_is_a_deny_and_a_503_health(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    side = start_sidecar(write_policies(tmp_path / "p"), "--ledger", f"redis://127.0.0.1:{port}/0", tmp=tmp_path,
+                         healthy=False)
+    try:
+        with side.client() as http:
+            d = http.post("/v1/evaluate", json=ctx("r1", cost_estimate=5))
+            assert d.status_code == 200 and d.json()["verdict"] == "deny" and "ledger error" in d.json()["reason"]
+            h = http.get("/health")
+            assert h.status_code == 503 and h.json()["engine"]["ok"] is True
+            assert h.json()["ledger"]["ok"] is False and "ledger error" in h.json()["ledger"]["cause"]
+            assert http.post("/v1/settle", json={"request_id": "r1"}).json()["outcome"] == "error"
     finally:
         assert side.stop() == 0
 

@@ -105,8 +105,9 @@ class SidecarProcess:
 
 def start_sidecar(policies_dir: Path, *args: str, token: str | None = TOKEN, workers: int = 1,
                   tmp: Path | None = None, scheme: str = "http", client_kw: dict[str, Any] | None = None,
-                  ready_timeout: float = 90) -> SidecarProcess:
-    """Start ``chio-budget serve`` and wait until all ``workers`` answer ``/health`` (or raise with its log)."""
+                  ready_timeout: float = 90, healthy: bool = True) -> SidecarProcess:
+    """Start ``chio-budget serve`` and wait until all ``workers`` answer ``/health`` with 200 (any
+    answer when not ``healthy``: a test that starts it with its ledger down), or raise with its log."""
     cmd = [str(CHIO_BUDGET), "serve", "--policies", str(policies_dir), "--port", "0", "--workers", str(workers),
            *args]
     if token is not None:
@@ -139,11 +140,11 @@ def start_sidecar(policies_dir: Path, *args: str, token: str | None = TOKEN, wor
         raise RuntimeError(f"{' '.join(cmd)} did not start:\n{''.join(lines)[-4000:]}")
     url = where.replace("http://", f"{scheme}://") if where.startswith("http") else where
     side = SidecarProcess(proc, url, token, workers, lines)
-    _wait_ready(side, ready_timeout, client_kw or {})
+    _wait_ready(side, ready_timeout, client_kw or {}, (200,) if healthy else (200, 503))
     return side
 
 
-def _wait_ready(side: SidecarProcess, timeout: float, client_kw: dict[str, Any]) -> None:
+def _wait_ready(side: SidecarProcess, timeout: float, client_kw: dict[str, Any], ok: tuple[int, ...]) -> None:
     deadline = time.monotonic() + timeout
     while len(side.pids) < side.workers:
         if side.proc.poll() is not None or time.monotonic() > deadline:
@@ -152,7 +153,7 @@ def _wait_ready(side: SidecarProcess, timeout: float, client_kw: dict[str, Any])
         try:
             with httpx.Client(base_url=side.url, headers=side.headers(), timeout=5, **client_kw) as c:
                 r = c.get("/health")
-            if r.status_code == 200:
+            if r.status_code in ok:
                 side.pids.add(r.json()["worker"])
                 continue
         except (httpx.HTTPError, json.JSONDecodeError):
