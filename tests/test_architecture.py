@@ -30,9 +30,10 @@ TIERS: list[set[str]] = [
     {"conversion", "compiler", "rust_model", "rates_file", "regotest", "ledger"},
     {"actual_cost", "authorization", "engines", "bundle", "decisionlog", "counters"},
     {"reload", "soft_limits", "opa_input"},
-    {"guard", "shadow", "chain", "wasm"},
+    {"guard", "shadow", "chain", "wasm", "chain_settle"},
     {"chain_guard"},
-    {"replay", "demo", "cli_rates", "toolkit"},
+    {"replay", "demo", "cli_rates", "toolkit", "serve"},
+    {"cli_serve"},
     {"cli", ""},  # "" is the package itself (its __init__)
 ]
 
@@ -46,9 +47,12 @@ ONE_HOME = {
     "prometheus_client": {"metrics"},
     "babel": {"currencies"},
     "watchfiles": {"watch"},
-    "typer": {"cli", "cli_rates", "toolkit.cli", "toolkit.cli_report", "toolkit.cli_lint", "toolkit.cli_simulate",
-              "toolkit.cli_ledger"},
+    "typer": {"cli", "cli_rates", "cli_serve", "toolkit.cli", "toolkit.cli_report", "toolkit.cli_lint",
+              "toolkit.cli_simulate", "toolkit.cli_ledger"},
     "matplotlib": {"toolkit.charts"},
+    "fastapi": {"serve.app"},
+    "starlette": {"serve.app"},
+    "uvicorn": {"serve.runner"},
 }
 
 MAX_LINES = 400

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import typer
 
-from . import cli_rates
+from . import cli_rates, cli_serve
 from .errors import ChioBudgetError, InputError, PolicyError, WindowError
 from .toolkit.cli import register as register_toolkit
 
@@ -272,6 +272,7 @@ def explain(decision_id: str = typer.Argument(..., help="decision_id from a deci
 
 cli_rates.register(app)
 register_toolkit(app, globals())  # report, sample-log, lint, simulate, diff, ledger (issue 12)
+cli_serve.register(app, globals())  # serve: the HTTP sidecar (issue 10)
 
 
 def main() -> None:
