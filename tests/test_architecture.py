@@ -31,9 +31,10 @@ TIERS: list[set[str]] = [
     {"conversion", "compiler", "rust_model", "rates_file", "regotest_plan", "ledger"},
     {"actual_cost", "authorization", "engines", "bundle", "decisionlog", "counters", "regotest"},
     {"reload", "soft_limits", "opa_input", "regotest_report"},
-    {"guard", "shadow", "chain", "wasm"},
+    {"guard", "shadow", "chain", "wasm", "chain_settle"},
     {"chain_guard"},
-    {"replay", "demo", "cli_rates", "cli_regotest", "cli_bundle", "toolkit"},
+    {"replay", "demo", "cli_rates", "cli_regotest", "cli_bundle", "toolkit", "serve"},
+    {"cli_serve"},
     {"cli", ""},  # "" is the package itself (its __init__)
 ]
 
@@ -47,9 +48,12 @@ ONE_HOME = {
     "prometheus_client": {"metrics"},
     "babel": {"currencies"},
     "watchfiles": {"watch"},
-    "typer": {"cli", "cli_rates", "cli_regotest", "cli_bundle", "toolkit.cli", "toolkit.cli_report",
+    "typer": {"cli", "cli_rates", "cli_regotest", "cli_bundle", "cli_serve", "toolkit.cli", "toolkit.cli_report",
               "toolkit.cli_lint", "toolkit.cli_simulate", "toolkit.cli_ledger"},
     "matplotlib": {"toolkit.charts"},
+    "fastapi": {"serve.app"},
+    "starlette": {"serve.app"},
+    "uvicorn": {"serve.runner"},
 }
 
 MAX_LINES = 400

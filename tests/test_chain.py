@@ -240,6 +240,16 @@ def test_actual_from_dimensions_when_total_is_absent():
     assert actual_units(doc, "USD", {}) == (75, "api_cost dimensions")
 
 
+def test_the_kernels_tool_invocation_cost_is_an_actual_cost():
+    # ToolInvocationCost {units, currency, breakdown?}: what a kernel tool server reports.
+    assert actual_units({"units": 42, "currency": "USD", "breakdown": {"tokens": 9}}, "USD") == (
+        42, "tool_invocation_cost")
+    assert actual_units({"units": 10, "currency": "EUR"}, "USD", static_rates({"EUR/USD": "1.05"}), 1000) == (
+        11, "tool_invocation_cost")
+    with pytest.raises(CostError, match="units"):
+        actual_units({"units": -1, "currency": "USD"}, "USD")
+
+
 def test_cross_currency_dimensions_are_converted_not_skipped():
     # The Rust total skips the EUR dimension; we convert it (rounding up) and take the larger.
     doc = dict(RUST_COST_METADATA, dimensions=RUST_COST_METADATA["dimensions"] + [
@@ -468,12 +478,36 @@ def test_spend_always_equals_commits_plus_holds_and_never_exceeds_allowed(steps)
         assert sum(holds.values()) <= 1000
 
 
-def test_a_retried_evaluation_keeps_the_first_reservation():
+def test_a_retried_evaluation_keeps_the_first_reservation_and_answer():
     b = budget()
-    b.evaluate(ctx("r1", cost_estimate=100))
+    first = b.evaluate(ctx("r1", cost_estimate=100))
     d = b.evaluate(ctx("r1", cost_estimate=250))
-    assert d.verdict == "allow"
+    assert d == first  # the first answer, decision id and all
     assert d.evidence[0].details["estimate"]["units"] == 100
-    assert "already held" in d.evidence[0].details["estimate"]["source"]
     assert b.guard.total_held() == 100 and b.open_holds() == 1
     assert b.on_invocation_complete("r1").committed_units == 100
+
+
+def test_a_retried_deny_is_the_first_deny_and_reserves_nothing():
+    b = budget()
+    first = b.evaluate(ctx("r1", cost_estimate=5000))
+    assert first.verdict == "deny" and first.evidence[0].details["decision"]["violations"]
+    assert b.evaluate(ctx("r1", cost_estimate=5000)) == first
+    assert (b.guard.total_held(), b.open_holds()) == (0, 0)
+
+
+def test_a_retry_after_settlement_is_never_allowed_again():
+    b = budget()
+    assert b.evaluate(ctx("r1", cost_estimate=100)).allowed
+    b.on_invocation_complete("r1")
+    again = b.evaluate(ctx("r1", cost_estimate=100))
+    assert again.verdict == "deny" and "already committed" in again.reason
+    assert b.guard.total_spent() == 100 and b.guard.total_held() == 0
+
+
+def test_a_request_id_reused_for_another_request_is_denied():
+    b = budget()
+    assert b.evaluate(ctx("r1", cost_estimate=100)).allowed
+    other = b.evaluate(ctx("r1", agent="someone-else", cost_estimate=100))
+    assert other.verdict == "deny" and "already used for a different request" in other.reason
+    assert b.guard.total_held() == 100

@@ -47,7 +47,8 @@ def actual_units(result: Any, currency: str, oracle: RateOracle | None = None, a
     """The actual cost in ``currency`` minor units, and where it came from.
 
     Accepts ``None`` (-> ``None``: use the estimate), plain units, a
-    ``MonetaryAmount``, or the Rust ``chio_metering::cost::CostMetadata``
+    ``MonetaryAmount`` (or its JSON, e.g. the kernel's ``ToolInvocationCost``
+    ``{units, currency, breakdown?}``), or the Rust ``chio_metering::cost::CostMetadata``
     (JSON text, dict, or an object with ``model_dump``): its
     ``total_monetary_cost`` and the sum of its ``api_cost`` dimensions, each
     converted (rounding up, with ``oracle`` at the request's timestamp
@@ -78,6 +79,13 @@ def actual_units(result: Any, currency: str, oracle: RateOracle | None = None, a
         result = result.model_dump(mode="json")
     if not isinstance(result, Mapping):
         raise CostError(f"actual cost: cannot read a {type(result).__name__}")
+    if "units" in result and "currency" in result:  # the kernel's ToolInvocationCost (or a MonetaryAmount)
+        try:
+            amount = MonetaryAmount(units=result["units"], currency=result["currency"])
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            raise CostError(f"actual cost: {'.'.join(map(str, e['loc']))}: {e['msg']}") from None
+        return to_units(amount, currency, oracle, at, facts), "tool_invocation_cost"
     return _from_cost_metadata(result, lambda a: to_units(a, currency, oracle, at, facts))
 
 

@@ -5,6 +5,10 @@
 - ``evaluate(ctx)`` estimates the cost (context -> policy price -> grant's
   ``max_cost_per_invocation`` -> deny), reserves it in the ledger keyed by
   ``ctx.request_id`` and asks OPA; on allow the hold lasts until the call ends.
+- Idempotent by request id: the same request again (a retry) holds nothing
+  more and gets the first answer (its decision id, decided again on the
+  reservation's own totals); an allow is never given again once its hold is
+  settled or expired, and a request id reused for another request is denied.
 - ``on_invocation_complete(request_id, result)`` commits the actual cost
   (``actual_cost.actual_units``; ``None``: the estimate) or releases the hold
   when the call failed or was cancelled; settling twice changes nothing.
@@ -30,10 +34,12 @@ from typing import Any, Mapping, Sequence
 
 from pydantic import ValidationError
 
-from .actual_cost import CostError, actual_units
+from .actual_cost import CostError
 from .authorization import Authorization, Cost
 from .cost import CostMetadata
+from .counters import request_counters
 from .decision import Decision
+from .chain_settle import find_call, revalidate, settle
 from .decisionlog import DecisionLog, DecisionLogError, new_decision_id
 from .errors import LedgerError
 from .guard import BudgetGuard
@@ -61,6 +67,8 @@ class _Call:
     source: str = "none"
     decision: Decision | None = None
     auth: Authorization | None = None
+    prior: tuple[Reservation, dict[str, Any]] | None = None  # this request id's reservation and book, if any
+    repeat: bool = False  # the same request again: answered as the first time, logged once
     request: dict[str, Any] = field(init=False)  # ``input.request`` of the Rego contract
 
     def __post_init__(self) -> None:
@@ -144,15 +152,52 @@ class BudgetChainGuard:
             raise
 
     def _evaluate(self, call: _Call) -> GuardDecision:
-        """The five steps: estimate, authorize, hold, log, verdict."""
+        """The five steps: estimate, authorize, hold, log, verdict (a repeat: logged the first time)."""
+        self._recall(call)
         self._estimate(call)
+        self._repeat(call)
         self._authorize(call)
         self._hold(call)
-        failed = self._log_decision(call)
-        if failed is not None:
-            return failed
-        self._log_warnings(call)
+        if not call.repeat:
+            failed = self._log_decision(call)
+            if failed is not None:
+                return failed
+            self._log_warnings(call)
         return self._verdict(call)
+
+    def _recall(self, call: _Call) -> None:
+        """A request id this policy's chain guard reserved before: keep its book, and its time
+        when the context names none (a retry then lands in the same windows)."""
+        try:
+            r, book = self._find(call.ctx.request_id)
+        except LedgerError:
+            return  # authorize meets the ledger error and denies
+        if r is not None and book is not None:
+            call.prior = (r, book)
+            if call.ctx.timestamp is None and isinstance(book.get("request"), dict):
+                call.request["timestamp"] = book["request"].get("timestamp", call.request["timestamp"])
+
+    def _repeat(self, call: _Call) -> None:
+        """The same request again: its first decision id; a held call is decided again on its hold
+        (authorize finds it), a settled one on the totals it was decided on, never allowed twice."""
+        if call.prior is None or call.decision is not None:
+            return
+        r, book = call.prior
+        if book.get("request") != call.request:
+            call.decision = self._deny(f"request id {call.ctx.request_id!r} was already used for a different request")
+            return
+        call.repeat, call.decision_id = True, str(book.get("decision_id") or call.decision_id)
+        call.est = r.amount
+        if r.state == "held":
+            return
+        assert call.meta is not None
+        keys = book.get("keys") if isinstance(book.get("keys"), dict) else {}
+        before = dict(zip(r.keys, r.before))
+        c = request_counters(self.policy, call.meta, self.guard.tracked)
+        first = self.guard.decide(call.meta, r.amount, {scope: before.get(k) for scope, k in keys.items()},
+                                  c.input_windows()).decision
+        call.decision = self._deny(f"request {call.ctx.request_id!r} was already {r.state}: an allowed call "
+                                   "is not allowed again") if first.allow else first
 
     def _estimate(self, call: _Call) -> None:
         """The request as the ledger keys it, and its cost; a bad one is a deny decision."""
@@ -182,12 +227,15 @@ class BudgetChainGuard:
     def _book(self, call: _Call) -> dict[str, Any]:
         """What settlement needs, stored with the reservation (``ledger.get(request_id).book``)."""
         assert call.meta is not None
-        cur = self.policy.currency
-        units, given_in = (call.cost.units, call.cost.currency) if isinstance(call.cost, MonetaryAmount) else (
-            call.cost, cur)
-        return {"policy_id": self.policy.id, "currency": cur, "decision_id": call.decision_id,
-                "request": call.request, "estimate": {"units": units, "currency": given_in, "source": call.source},
+        return {"policy_id": self.policy.id, "currency": self.policy.currency, "decision_id": call.decision_id,
+                "request": call.request, "estimate": self._estimate_json(call),
                 "keys": self.guard.counter_keys(call.meta)}
+
+    def _estimate_json(self, call: _Call) -> dict[str, Any]:
+        """The estimate as found, in its own currency, with its source (as the book keeps it)."""
+        cost = call.cost
+        units, cur = (cost.units, cost.currency) if isinstance(cost, MonetaryAmount) else (cost, self.policy.currency)
+        return {"units": units, "currency": cur, "source": call.source}
 
     def _hold(self, call: _Call) -> None:
         """On allow the reservation stays in the ledger until settlement; a retry keeps the first."""
@@ -249,11 +297,11 @@ class BudgetChainGuard:
         decision = call.decision
         assert decision is not None
         eval_ns = call.auth.eval_ns if call.auth else None
-        if self.metrics:
+        if self.metrics and not call.repeat:
             self.metrics.observe_decision(self.policy.id, decision, None if eval_ns is None else eval_ns / 1e9,
                                           self.guard.engine.name)
         opa_input = self._input(call)
-        if self.shadows and opa_input.get("totals") is not None:
+        if self.shadows and opa_input.get("totals") is not None and not call.repeat:
             run_shadows(self.shadows, opa_input, decision, decision_id=call.decision_id,
                         enforced_policy_id=self.policy.id, chio={"guard": self.name, "request_id": call.ctx.request_id},
                         decision_log=self.decision_log, metrics=self.metrics)
@@ -278,25 +326,15 @@ class BudgetChainGuard:
         if call.auth is not None and call.auth.allow:
             call.auth.give_back()
 
-    # -- settlement ---------------------------------------------------------
+    # -- settlement (chain_settle) -----------------------------------------
 
     def _find(self, request_id: str) -> tuple[Reservation | None, dict[str, Any] | None]:
         """The call's reservation and book, if this policy's chain guard made it (``LedgerError`` passes)."""
-        r = self.guard.ledger.get(request_id)
-        book = r.book if r is not None else None
-        if not book or book.get("policy_id") != self.policy.id or not isinstance(book.get("estimate"), dict):
-            return r, None
-        return r, dict(book)
+        return find_call(self.guard.ledger, self.policy.id, request_id)
 
     def revalidate(self, request_id: str) -> HoldStatus:
         """Is the call's hold still live? Reads the ledger only; never reserves, never raises."""
-        try:
-            r, book = self._find(request_id)
-        except LedgerError as exc:
-            return HoldStatus(request_id, False, "error", error=f"ledger error: {exc}")
-        if r is None or book is None:
-            return HoldStatus(request_id, False, "unknown")
-        return HoldStatus(request_id, r.state == "held", r.state, r.amount, r.expires_at, book.get("decision_id"))
+        return revalidate(self, request_id)
 
     def on_invocation_complete(self, request_id: str, result: Any = None, *,
                                status: InvocationStatus = "completed") -> SettlementResult:
@@ -307,76 +345,9 @@ class BudgetChainGuard:
         unreadable result or a currency without a rate commits the estimate (the
         call ran) and says so in ``error``. Actual above the estimate is committed
         and flagged ``over_estimate``. Past the TTL, a completed call's spend is
-        posted anyway, once (``committed_late``).
+        posted anyway, once (``committed_late``). See ``chain_settle.settle``.
         """
-        try:
-            r, book = self._find(request_id)
-        except LedgerError as exc:
-            return SettlementResult(request_id, "error", self.policy.currency, source="ledger",
-                                    error=f"ledger error: {exc}")
-        if r is None or book is None:
-            return SettlementResult(request_id, "unknown", self.policy.currency, source="no hold for this request")
-        if r.state in ("committed", "released"):
-            return self._already(r, book)
-        cur, conversions = book["currency"], []
-        actual, source, error = self._read_actual(result, status, book, conversions)
-        ledger = self.guard.ledger  # past the TTL a commit posts once: committed_late
-        try:
-            s = ledger.release(request_id) if status in ("failed", "cancelled") else ledger.commit(request_id, actual)
-        except LedgerError as exc:
-            res = SettlementResult(request_id, "error", cur, r.amount, actual, None, False, "ledger",
-                                   f"ledger error: {exc}", book.get("decision_id"))
-            self._emit_settlement(res, book, conversions)
-            return res
-        if s.outcome.startswith("already_"):  # another process settled it between our read and now
-            return self._already(self.guard.ledger.get(request_id) or r, book)
-        committed = s.amount if s.outcome in ("committed", "committed_late") else 0
-        over = actual is not None and actual > r.amount
-        res = SettlementResult(request_id, s.outcome, cur, r.amount, actual, committed, over, source, error,
-                               book.get("decision_id"))
-        if self.metrics:
-            self.metrics.observe_settlement(self.policy.id, s.outcome, cur, committed, book.get("request"), over)
-        self._emit_settlement(res, book, conversions)
-        return res
-
-    def _already(self, r: Reservation, book: Mapping[str, Any]) -> SettlementResult:
-        """The no-op answer for a settled call, with the numbers the ledger kept."""
-        committed = r.settled_amount if r.state == "committed" else 0
-        return SettlementResult(r.receipt_id, "already_settled", book["currency"], r.amount, None, committed,
-                                committed is not None and committed > r.amount, f"no-op (was {r.state})", None,
-                                book.get("decision_id"))
-
-    def _read_actual(self, result: Any, status: InvocationStatus, book: Mapping[str, Any],
-                     facts: list[dict[str, Any]]) -> tuple[int | None, str, str | None]:
-        """``(actual units or None for the estimate, source, error)``; never raises.
-
-        Foreign amounts are converted into the currency the call was authorized
-        in, at the request's timestamp, with this guard's rate oracle."""
-        if status in ("failed", "cancelled"):
-            return None, f"call {status}", None
-        try:
-            actual, source = actual_units(result, book["currency"], self.guard.rates, book["request"]["timestamp"],
-                                          facts)
-        except CostError as exc:
-            return None, "estimate (actual unreadable)", f"{exc}; estimate committed"
-        return actual, source, None
-
-    def _emit_settlement(self, r: SettlementResult, book: Mapping[str, Any],
-                         conversions: Sequence[dict[str, Any]] = ()) -> None:
-        if self.decision_log is None:
-            return
-        try:
-            self.decision_log.write(self.decision_log.settlement_event(
-                parent_decision_id=r.decision_id, request_id=r.request_id, policy_id=self.policy.id,
-                outcome=r.outcome, currency=r.currency, estimate_units=r.estimate_units, actual_units=r.actual_units,
-                committed_units=r.committed_units, over_estimate=r.over_estimate, source=r.source, error=r.error,
-                request=book.get("request"),
-                extra={"guard": self.name, **({"conversions": list(conversions)} if conversions else {})}))
-        except DecisionLogError:
-            # The money already moved; failing the settlement now would only lose
-            # the result. Counted so an operator sees the gap.
-            if self.metrics:
-                self.metrics.log_errors.inc()
+        return settle(self, request_id, result, status)
 
     def close(self) -> None:
         for s in self.shadows:

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import typer
 
-from . import cli_rates
+from . import cli_rates, cli_serve
 from .errors import ChioBudgetError, InputError, PolicyError, WindowError
 from .toolkit.cli import register as register_toolkit
 
@@ -251,6 +251,7 @@ from .cli_bundle import register as register_bundle  # noqa: E402  (bundle: buil
 register_bundle(app, RATES, lambda rates: _currencies(_rates(rates)))
 cli_rates.register(app)
 register_toolkit(app, globals())  # report, sample-log, lint, simulate, diff, ledger (issue 12)
+cli_serve.register(app, globals())  # serve: the HTTP sidecar (issue 10)
 
 
 def main() -> None:

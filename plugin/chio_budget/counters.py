@@ -9,9 +9,10 @@ rolling limit's cost lands on the bucket of the request's timestamp, and
 the older buckets of its window are ``reads`` summed into that counter by
 the ledger, atomically with the reservation.
 
-The same computation answers the reports (``window_totals``): the total
-limit's window containing a given time, and the keys whose balances make
-it up.
+The same computation answers the reports: the total limit's window
+containing a given time and the keys whose balances make it up
+(``total_window``), and every scope's limit, spent, held and remaining for
+one agent, session and tool at a given time (``scope_balances``).
 """
 
 from __future__ import annotations
@@ -151,3 +152,41 @@ def narrowed_windows(ledger: Any, c: RequestCounters, e: Any, cost: int, timesta
         if at is not None and cost <= v.limit_units:
             windows[v.scope] = {**windows[v.scope], "resets_at": max(at, timestamp + 1)}
     return windows
+
+
+@dataclass(frozen=True)
+class ScopeBalance:
+    """One limit's counter in its window containing the time asked about: ``remaining`` is
+    ``limit - min(spent + held, 2^64-1)``, never below 0 (``held``: live reservations)."""
+
+    scope: str
+    ident: str
+    limit_units: int
+    spent: int
+    held: int
+    remaining: int
+    window: Span
+
+
+def scope_balances(ledger: Any, policy: BudgetPolicy, at: int, *, agent_id: str | None = None,
+                   session_id: str | None = None, tool_key: str | None = None) -> list[ScopeBalance]:
+    """Each limit of ``policy`` that applies to the given agent, session and tool (``total``
+    always), in the order total, session, agent, tool; read in one ``balances`` call.
+    ``WindowError`` when ``at`` cannot be placed in a calendar window."""
+    p = plan_of(policy)
+    wanted = [("total", ""), ("session", session_id), ("agent", agent_id), ("tool", tool_key)]
+    rows: list[tuple[str, str, int, Span, list[str]]] = []
+    for scope, ident in wanted:
+        rule = p.rule(scope, ident) if ident is not None else None
+        if rule is None:
+            continue
+        s = span(rule.window, at, p.timezone)
+        rows.append((scope, ident, rule.units, s, [counter_key(policy.id, scope, ident, window=k)
+                                                   for k in (*s.reads, s.key)]))
+    balances = iter(ledger.balances([k for *_, keys in rows for k in keys]))
+    out = []
+    for scope, ident, limit, s, keys in rows:
+        got = [next(balances) for _ in keys]
+        spent, held = min(sum(b.spent for b in got), U64_MAX), sum(b.held for b in got)
+        out.append(ScopeBalance(scope, ident, limit, spent, held, max(limit - min(spent + held, U64_MAX), 0), s))
+    return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from .currencies import CurrencyError, check_code
 from .errors import AmountError
@@ -38,8 +38,10 @@ def _currency_code(value: Any) -> str:
         raise ValueError(str(exc).removeprefix("currency: ")) from None
 
 
-Units = Annotated[int, BeforeValidator(_strict_units)]
-"""A u64 amount in minor units; validated strictly (no coercion)."""
+Units = Annotated[int, BeforeValidator(_strict_units),
+                  WithJsonSchema({"type": "integer", "minimum": 0, "maximum": U64_MAX})]
+"""A u64 amount in minor units; validated strictly (no coercion). Its JSON schema (the
+sidecar's OpenAPI document) states the u64 bounds."""
 
 Currency = Annotated[str, BeforeValidator(_currency_code)]
 """A currency code, checked for shape (``currencies.check_code``); whether it has

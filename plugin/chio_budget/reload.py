@@ -13,6 +13,12 @@ reservations live in the ledger and are not touched.
 read them again; any failure there is an error naming the file and line
 (the guard raises it as a ``ReloadError``), and the old ``Loaded`` stays in
 force.
+
+A set of guards, one per policy of a directory, can share one engine loaded
+with all of them (``Source.load_all``; the sidecar serves every policy this
+way): each guard gets its own ``Loaded`` over the shared engine, which is
+closed when the last of them is done, and ``reload_set`` swaps a whole new
+set in, guard by guard.
 """
 
 from __future__ import annotations
@@ -63,6 +69,9 @@ class Loaded:
     data_revision: str | None = None
     """Revision of all the policies compiled together: the bundle ``.manifest`` revision."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    close_engine: Callable[[], None] | None = field(default=None, repr=False)
+    """Closes the engine (default: ``engine.close``); guards sharing one engine pass a
+    ``SharedClose``, which closes it when the last of them calls."""
     _inflight: int = field(default=0, repr=False)
     _retired: bool = field(default=False, repr=False)
     _closed: bool = field(default=False, repr=False)
@@ -100,7 +109,7 @@ class Loaded:
             close = self._retired and self._inflight == 0 and not self._closed
             self._closed = self._closed or close
         if close:
-            self.engine.close()
+            (self.close_engine or self.engine.close)()
 
     @staticmethod
     @contextmanager
@@ -126,7 +135,21 @@ class Loaded:
             if self._closed:
                 return
             self._closed = True
-        self.engine.close()
+        (self.close_engine or self.engine.close)()
+
+
+class SharedClose:
+    """Closes a shared engine on the ``users``-th call: each ``Loaded`` sharing it calls once."""
+
+    def __init__(self, engine: Engine, users: int):
+        self._engine, self._left, self._lock = engine, users, threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._engine.close()
 
 
 @dataclass(frozen=True)
@@ -167,20 +190,42 @@ class Source:
         Raises what went wrong (``PolicyError``, ``RatesError``,
         ``EngineError``, ``ReloadError`` for failed Rego tests), located.
         """
+        oracle, policies = self._read()
+        policy, compiled = policies[self.policy_id], compile_all(policies)
+        revision = compiled.revisions[self.policy_id]
+        if engine is not None:
+            return Loaded(policy, engine, oracle, revision, data_revision=compiled.revision)
+        engine, rego_rev = self._engine(compiled, previous.engine if previous else None)
+        return Loaded(policy, engine, oracle, revision, rego_rev, data_revision=compiled.revision)
+
+    def load_all(self, previous: Engine | None = None) -> dict[str, Loaded]:
+        """Every policy of the directory over **one** new engine loaded with all of them:
+        a ``Loaded`` per policy id, sharing the engine (closed when the last is done).
+        ``previous`` is the engine in force (an OPA server's accepts both revisions
+        while the new one is made). Raises like ``load``."""
+        oracle, policies = self._read()
+        compiled = compile_all(policies)
+        engine, rego_rev = self._engine(compiled, previous)
+        close = SharedClose(engine, len(policies))
+        return {pid: Loaded(p, engine, oracle, compiled.revisions[pid], rego_rev, data_revision=compiled.revision,
+                            close_engine=close) for pid, p in policies.items()}
+
+    def _read(self) -> tuple[RateOracle | None, dict[str, BudgetPolicy]]:
+        """The rates and the policies; ``PolicyError`` when ``policy_id`` is not among them."""
         oracle = open_rates(self.rates)
         currencies = oracle.currencies if oracle is not None else DEFAULT_CURRENCIES
         policies = load_policies(self.policies_dir, currencies=currencies)
         if self.policy_id not in policies:
             raise PolicyError(f"{self.policies_dir}:1: policy_id: no policy {self.policy_id!r} "
                               f"(have: {', '.join(sorted(policies))})")
-        policy, compiled = policies[self.policy_id], compile_all(policies)
-        revision = compiled.revisions[self.policy_id]
-        if engine is not None:
-            return Loaded(policy, engine, oracle, revision, data_revision=compiled.revision)
+        return oracle, policies
+
+    def _engine(self, compiled: Any, previous: Engine | None) -> tuple[Engine, str]:
+        """A new engine of this source's kind with ``compiled`` and the Rego (tests first, if asked)."""
         modules = rego_modules(self.rego_dir)
         if self.verify_tests:
             verify_rego_tests(self.rego_dir)
-        switching = getattr(previous.engine if previous else None, "accept_revisions", None)
+        switching = getattr(previous, "accept_revisions", None)
         if switching is not None:
             switching(compiled.revisions)
         try:
@@ -189,7 +234,7 @@ class Source:
             if switching is not None:
                 switching({})
             raise
-        return Loaded(policy, engine, oracle, revision, rego_revision(modules), data_revision=compiled.revision)
+        return engine, rego_revision(modules)
 
 
 def verify_rego_tests(rego_dir: str | Path | None) -> None:
@@ -239,6 +284,58 @@ def reload_guard(guard: Any) -> None:
         guard.reloads += 1
     log.info("reloaded policy %s: revision %s, Rego %s", new.policy.id, new.policy_revision, new.rego_revision)
     _notify(guard, "reloaded", guard)
+
+
+def reload_set(guards: Mapping[str, Any], source: Source) -> dict[str, Loaded]:
+    """Reload guards that share one engine (``Source.load_all``): every policy of the
+    directory is read again into one new engine and each guard's new version swapped in,
+    exactly as ``reload_guard`` does it for one. Returns the versions of policies that are
+    new in the directory (the caller builds their guards).
+
+    All or nothing: on any failure every guard keeps its version (each counts it and hears
+    ``reload_failed``) and ``ReloadError`` is raised. A policy in force that is no longer in
+    the directory refuses the reload: its calls still held could not be settled. One
+    reload at a time (the caller serializes them).
+    """
+    current = next(iter(guards.values()))._loaded.engine if guards else None
+    try:
+        new = source.load_all(current)
+        gone = sorted(set(guards) - set(new))
+        if gone:
+            for loaded in new.values():
+                loaded.close()
+            raise ReloadError(f"{source.policies_dir}: polic{'y' if len(gone) == 1 else 'ies'} "
+                              f"{', '.join(repr(g) for g in gone)} in force would be removed; calls they hold "
+                              "could not be settled (restart to remove a policy)")
+    except ChioBudgetError as exc:
+        for guard in guards.values():
+            guard.reload_failures += 1
+            _notify(guard, "reload_failed", guard, exc)
+        log.error("reload failed; every policy stays at its version:\n%s", exc)
+        raise ReloadError(f"reload failed, the previous policies stay in force:\n{exc}") from None
+    for pid, guard in guards.items():
+        with guard._reload_lock:
+            old, guard._loaded = guard._loaded, new[pid]
+            old.retire()
+            guard.reloads += 1
+        _notify(guard, "reloaded", guard)
+    log.info("reloaded %d policies: Rego %s", len(new), next(iter(new.values())).rego_revision)
+    return {pid: loaded for pid, loaded in new.items() if pid not in guards}
+
+
+def adopt(guard: Any, loaded: Loaded) -> Any:
+    """Put a version from ``Source.load_all`` in force in a guard built over its engine
+    (``BudgetGuard(loaded.policy, loaded.engine, ledger, rates=loaded.rates)``); the guard."""
+    with guard._reload_lock:
+        guard._loaded = loaded
+    return guard
+
+
+def close_set(guards: Mapping[str, Any]) -> None:
+    """Close every guard's version (the shared engine closes with the last); not the ledger,
+    which the caller shares and closes once."""
+    for guard in guards.values():
+        guard._loaded.close()
 
 
 def _notify(guard: Any, event: str, *args: Any) -> None:

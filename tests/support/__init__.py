@@ -19,4 +19,6 @@ these modules by name:
   ``make_record``; ``write_log``, gzip by extension).
 - ``support.rust_query`` - ``query.rs``'s ``execute_cost_query`` transcribed line for line (the
   report's oracle; not streaming, sharing no code with ``chio_budget.toolkit``).
+- ``support.sidecar`` - a real ``chio-budget serve`` process on a free loopback port (``start_sidecar``),
+  the sidecar tests' policies and ``/v1/evaluate`` bodies: the black-box tests talk HTTP only.
 """
