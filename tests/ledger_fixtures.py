@@ -9,6 +9,11 @@ test gets its own key prefix and deletes its keys afterwards, so tests never
 collide with each other or with anything else on the server. Without a
 reachable server the Redis tests skip and say why, unless
 ``CHIO_REQUIRE_REDIS=1`` (CI), in which case they fail.
+
+PostgreSQL: ``CHIO_TEST_POSTGRES_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/test``). Each test gets its own
+schema, dropped afterwards; without a server the tests skip loudly unless
+``CHIO_REQUIRE_POSTGRES=1``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import pytest
 from chio_budget.ledger import Ledger, MemoryLedger
 
 REDIS_URL = os.environ.get("CHIO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get("CHIO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 _redis_problem: list[str | None] = []
+_postgres_problem: list[str | None] = []
 
 
 def redis_problem() -> str | None:
@@ -40,16 +47,40 @@ def redis_problem() -> str | None:
     return _redis_problem[0]
 
 
-def need_redis() -> None:
-    """Skip loudly without Redis; fail instead when ``CHIO_REQUIRE_REDIS=1``."""
-    problem = redis_problem()
+def _need(name: str, url: str, problem: str | None, env: str) -> None:
+    """Skip loudly when ``problem``; fail instead when ``env=1`` (CI)."""
     if problem is None:
         return
-    msg = (f"Redis not reachable at {REDIS_URL} ({problem}); start redis-server, "
-           "or set CHIO_REQUIRE_REDIS=1 to turn this skip into a failure")
-    if os.environ.get("CHIO_REQUIRE_REDIS") == "1":
-        pytest.fail("CHIO_REQUIRE_REDIS=1 but " + msg, pytrace=False)
-    pytest.skip("REDIS TESTS SKIPPED: " + msg)
+    msg = f"{name} not reachable at {url} ({problem}); start it, or set {env}=1 to turn this skip into a failure"
+    if os.environ.get(env) == "1":
+        pytest.fail(f"{env}=1 but " + msg, pytrace=False)
+    pytest.skip(f"{name.upper()} TESTS SKIPPED: " + msg)
+
+
+def need_redis() -> None:
+    _need("Redis", REDIS_URL, redis_problem(), "CHIO_REQUIRE_REDIS")
+
+
+def postgres_problem() -> str | None:
+    """None when PostgreSQL answers, else why not (checked once per process)."""
+    if not _postgres_problem:
+        try:
+            import psycopg
+
+            with psycopg.connect(POSTGRES_URL, connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+            _postgres_problem.append(None)
+        except Exception as exc:  # noqa: BLE001 - any failure means "no usable PostgreSQL"
+            _postgres_problem.append(f"{type(exc).__name__}: {str(exc).strip()}")
+    return _postgres_problem[0]
+
+
+def need_postgres() -> None:
+    _need("PostgreSQL", POSTGRES_URL, postgres_problem(), "CHIO_REQUIRE_POSTGRES")
+
+
+def postgres_uri(schema: str, query: str = "") -> str:
+    return f"{POSTGRES_URL}?schema={schema}" + (f"&{query}" if query else "")
 
 
 class FakeClock:
@@ -70,6 +101,7 @@ class Store:
 
     memory: ``open()`` returns the one in-process ledger (it has no store to
     share). sqlite: one file in ``tmp_path``. redis: one unique key prefix.
+    postgres: one unique schema.
     """
 
     def __init__(self, kind: str, tmp_path: Path):
@@ -81,6 +113,9 @@ class Store:
         elif kind == "redis":
             self.prefix = f"chio-test-{uuid.uuid4().hex[:12]}"
             self.uri = f"{REDIS_URL}?prefix={self.prefix}"
+        elif kind == "postgres":
+            self.schema = f"chio_test_{uuid.uuid4().hex[:12]}"
+            self.uri = postgres_uri(self.schema)
         else:
             self.uri = "memory"
 
@@ -102,21 +137,36 @@ class Store:
 
     def cleanup(self) -> None:
         for ledger in self.opened:
-            if self.kind == "redis":
-                try:
+            try:
+                if self.kind == "redis":
                     ledger.clear()  # type: ignore[attr-defined]
-                except Exception:  # noqa: BLE001 - best effort on the way out
-                    pass
+                elif self.kind == "postgres":
+                    ledger.drop()  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
             ledger.close()
+        if self.kind == "postgres" and not self.opened:
+            _drop_schema(self.schema)
 
 
-BACKENDS = ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)]
-SHARED_BACKENDS = ["sqlite", pytest.param("redis", marks=pytest.mark.redis)]
+def _drop_schema(schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+BACKENDS = ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis),
+            pytest.param("postgres", marks=pytest.mark.postgres)]
+SHARED_BACKENDS = ["sqlite", pytest.param("redis", marks=pytest.mark.redis),
+                   pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 def make_store(kind: str, tmp_path: Path) -> Store:
     if kind == "redis":
         need_redis()
+    elif kind == "postgres":
+        need_postgres()
     return Store(kind, tmp_path)
 
 

@@ -23,7 +23,7 @@ POLICY_ID = typer.Option("default", "--policy-id", help="policy to enforce")
 REGO_DIR = typer.Option(None, "--rego-dir", help="Rego directory (default: the one shipped in the package)")
 ENGINE = typer.Option("embedded", "--engine", help="embedded | server")
 OPA_URL = typer.Option(None, "--opa-url", envvar="CHIO_OPA_URL", help="OPA server URL (engine=server)")
-LEDGER = typer.Option("memory", "--ledger", envvar="CHIO_LEDGER", help="memory | sqlite:///path | redis://host:port/db")
+LEDGER = typer.Option("memory", "--ledger", envvar="CHIO_LEDGER", help="memory | sqlite:///path | redis://host:port/db | postgresql://user@host/db?schema=name")
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -281,6 +281,13 @@ def check_reads(reads: Reads | None, keys: Sequence[str]) -> dict[str, tuple[str
     return out
 
 
+def check_reserve(keys: Sequence[str], cost: Any, ttl: Any, reads: Reads | None, default_ttl: float
+                  ) -> tuple[tuple[str, ...], int, float, dict[str, tuple[str, ...]]]:
+    """A reservation's arguments, checked before anything is held: ``(distinct keys, cost, ttl, reads)``."""
+    keys = key_order(keys)
+    return keys, check_units(cost, "cost"), default_ttl if ttl is None else check_ttl(ttl), check_reads(reads, keys)
+
+
 def read_keys(keys: Sequence[str], reads: Mapping[str, Sequence[str]]) -> list[str]:
     """``keys`` then every read key not among them, each once: what one atomic read must fetch."""
     return list(dict.fromkeys([*keys, *(r for extra in reads.values() for r in extra)]))

@@ -28,8 +28,8 @@ from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..money import U64_MAX, check_units
-from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance,
-                   ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, check_ttl,
+from .base import (Balance, ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS,
+                   ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, check_reserve,
                    clamp_spent, dump_book, import_refused, key_order, load_book, read_keys, settled_outcome,
                    spent_records, windowed)
 from .options import LedgerOptions, parse_query
@@ -124,10 +124,7 @@ class MemoryLedger(ExportsSpent, ClosesOnExit):
     def reserve(self, receipt_id: str, keys: Sequence[str], cost: int, ttl: float | None = None, *,
                 book: Mapping[str, Any] | None = None, attempt: str | None = None,
                 reads: Reads | None = None) -> Reservation:
-        cost = check_units(cost, "cost")
-        keys = key_order(keys)
-        reads = check_reads(reads, keys)
-        ttl = self.options.ttl if ttl is None else check_ttl(ttl)
+        keys, cost, ttl, reads = check_reserve(keys, cost, ttl, reads, self.options.ttl)
         stored_book = load_book(dump_book(book))  # a copy, exactly as the other backends give it back
         with self._lock:
             now, _ = self._sweep()

@@ -51,8 +51,8 @@ from redis.retry import Retry
 
 from ..errors import LedgerError
 from ..money import U64_MAX, check_units
-from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance,
-                   ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, check_ttl,
+from .base import (Balance, ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS,
+                   ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, check_reserve,
                    dump_book, import_refused, key_order, read_keys, spent_records, windowed)
 from .options import LedgerOptions, parse_query
 
@@ -157,10 +157,7 @@ class RedisLedger(ExportsSpent, ClosesOnExit):
                 book: Mapping[str, Any] | None = None, attempt: str | None = None,
                 reads: Reads | None = None) -> Reservation:
         """Atomically add ``cost`` to every key's held amount until commit, release or expiry."""
-        cost = check_units(cost, "cost")
-        keys = key_order(keys)
-        reads = check_reads(reads, keys)
-        ttl = self.options.ttl if ttl is None else check_ttl(ttl)
+        keys, cost, ttl, reads = check_reserve(keys, cost, ttl, reads, self.options.ttl)
         book_text = dump_book(book) or ""
         args = [receipt_id, str(cost), repr(ttl), attempt or "", book_text, str(len(keys)), *keys]
         for k in keys:

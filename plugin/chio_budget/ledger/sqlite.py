@@ -37,8 +37,8 @@ from urllib.parse import unquote, urlsplit
 
 from ..errors import LedgerError
 from ..money import U64_MAX, check_units
-from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance,
-                   ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, check_ttl,
+from .base import (Balance, ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS,
+                   ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, check_reserve,
                    clamp_spent, dump_book, import_refused, key_order, load_book, read_keys, settled_outcome,
                    spent_records, windowed)
 from .options import LedgerOptions, check_seconds, parse_query
@@ -200,10 +200,7 @@ class SqliteLedger(ExportsSpent, ClosesOnExit):
                 book: Mapping[str, Any] | None = None, attempt: str | None = None,
                 reads: Reads | None = None) -> Reservation:
         """Atomically add ``cost`` to every key's held amount until commit, release or expiry."""
-        cost = check_units(cost, "cost")
-        keys = key_order(keys)
-        reads = check_reads(reads, keys)
-        ttl = self.options.ttl if ttl is None else check_ttl(ttl)
+        keys, cost, ttl, reads = check_reserve(keys, cost, ttl, reads, self.options.ttl)
         book_text = dump_book(book)
         with self._tx() as cur:
             now, _ = self._sweep(cur)
