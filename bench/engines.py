@@ -1,7 +1,11 @@
 """Decision latency: server engine (HTTP to OPA) next to the embedded engine.
 
 Same 5,000 inputs, one run, each decision timed on its own with
-``perf_counter_ns``; prints median and p99 per engine (and a parity count).
+``perf_counter_ns``, the engines taking turns input by input (so machine
+load hits them alike); prints median and p99 per engine (and a parity
+count). A third line times the same POST through a stock ``OpaClient``
+(``query_rule``: no total deadline, per-read timeouts only), so the cost of
+the server engine's deadline machinery shows as the difference.
 The server is a real ``opa run --server`` when ``OPA_BIN``/PATH has one,
 else the loopback stand-in (tests/opa_standin.py: Python HTTP in front of
 the same embedded OPA, so its numbers include that server's own Python
@@ -22,9 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from chio_budget.compiler import data_document  # noqa: E402
+import requests  # noqa: E402
+from opa_client import OpaClient  # noqa: E402
+
+from chio_budget.compiler import compile_all  # noqa: E402
+from chio_budget.decision import Decision  # noqa: E402
 from chio_budget.engines.embedded import EmbeddedEngine  # noqa: E402
-from chio_budget.engines.server import ServerEngine, make_client  # noqa: E402
+from chio_budget.engines.opa_http import make_client  # noqa: E402
+from chio_budget.engines.server import ServerEngine  # noqa: E402
 from chio_budget.policy import load_policies  # noqa: E402
 from opa_fixtures import POLICIES_DIR, REGO_DIR, find_opa, start_opa  # noqa: E402
 from chio_budget.bundle import write_bundle  # noqa: E402
@@ -47,15 +56,19 @@ def inputs(n: int, seed: int = 7) -> list[dict]:
     return out
 
 
-def timed(engine, batch: list[dict]) -> tuple[list[float], list[dict]]:
+def timed(deciders: dict, batch: list[dict]) -> tuple[dict[str, list[float]], dict[str, list]]:
+    """Time each decider on every input, taking turns input by input."""
     for inp in batch[:200]:  # warm-up: connections, prepared queries
-        engine.decide(inp)
-    lat, results = [], []
+        for decide in deciders.values():
+            decide(inp)
+    lat: dict[str, list[float]] = {name: [] for name in deciders}
+    results: dict[str, list] = {name: [] for name in deciders}
     for inp in batch:
-        t0 = time.perf_counter_ns()
-        d = engine.decide(inp)
-        lat.append((time.perf_counter_ns() - t0) / 1e6)
-        results.append(d.to_json_dict())
+        for name, decide in deciders.items():
+            t0 = time.perf_counter_ns()
+            out = decide(inp)
+            lat[name].append((time.perf_counter_ns() - t0) / 1e6)
+            results[name].append(out)
     return lat, results
 
 
@@ -69,7 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=5000)
     args = ap.parse_args()
-    data = data_document(load_policies(POLICIES_DIR))
+    data = compile_all(load_policies(POLICIES_DIR))
     batch = inputs(args.n)
     bundle = ROOT / "build" / "bench-bundle.tar.gz"
     write_bundle(POLICIES_DIR, REGO_DIR, bundle)
@@ -78,24 +91,31 @@ def main() -> None:
     embedded = EmbeddedEngine(data, REGO_DIR)
     # Real OPA: query it directly, not through the fault-injecting front.
     remote = ServerEngine(make_client(server.direct_url), data, url=server.direct_url)
+    port = int(server.direct_url.rsplit(":", 1)[1])
+    stock = OpaClient(host="127.0.0.1", port=port, timeout=1.5, retries=2)
     try:
-        e_lat, e_res = timed(embedded, batch)
-        s_lat, s_res = timed(remote, batch)
-        session, health = remote._client._session, server.direct_url + "/health"
+        lat, res = timed({"embedded": lambda i: embedded.decide(i).to_json_dict(),
+                          "server": lambda i: remote.decide(i).to_json_dict(),
+                          "stock": lambda i: Decision.from_opa(stock.query_rule(i, "chio.budget", "decision")
+                                                               .get("result"), i["policy_id"]).to_json_dict()},
+                         batch)
+        session, health = requests.Session(), server.direct_url + "/health"
         h_lat = []
-        for _ in range(len(batch)):  # the transport alone: same session, no evaluation
+        for _ in range(len(batch)):  # the transport alone: no evaluation
             t0 = time.perf_counter_ns()
             session.get(health, timeout=5)
             h_lat.append((time.perf_counter_ns() - t0) / 1e6)
     finally:
         embedded.close()
         remote.close()
+        stock.close_connection()
         server.close()
-    same = sum(a == b for a, b in zip(e_res, s_res))
-    allowed = sum(r["allow"] for r in e_res)
+    same = sum(a == b == c for a, b, c in zip(res["embedded"], res["server"], res["stock"]))
+    allowed = sum(r["allow"] for r in res["embedded"])
     print(f"{args.n} decisions each, same inputs ({allowed} allowed, {args.n - allowed} denied); server: {kind}")
-    print(summary("embedded (in-process OPA)", e_lat))
-    print(summary("server (HTTP, opa_client)", s_lat))
+    print(summary("embedded (in-process OPA)", lat["embedded"]))
+    print(summary("server engine (HTTP)", lat["server"]))
+    print(summary("  same POST, stock OpaClient", lat["stock"]))
     print(summary("  HTTP alone (GET /health)", h_lat))
     print(f"identical decision JSON: {same}/{args.n}")
 

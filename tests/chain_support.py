@@ -10,6 +10,7 @@ import pytest
 
 from chio_budget.chain_guard import BudgetChainGuard
 from chio_budget.kernel import GuardContext, GuardDecision
+from chio_budget.rates import Rate, StaticRates
 from conftest import guard_for, rust_policy
 
 
@@ -19,10 +20,19 @@ def ctx(request_id: str, tool: str = "search", server: str = "s1", agent: str = 
                         session_id=session, timestamp=1000, **kw)
 
 
-def budget(policy=None, ledger="memory", **kw) -> BudgetChainGuard:
-    """A chain guard over the Rust test policy with a 5-unit price for s1:search."""
+def budget(policy=None, ledger="memory", rates=None, **kw) -> BudgetChainGuard:
+    """A chain guard over the Rust test policy with a 5-unit price for s1:search.
+
+    ``rates`` (``{"EUR/USD": "1.085"}``) become the guard's static rates, updated at the
+    contexts' timestamp (1000)."""
     policy = policy or rust_policy(prices={"s1:search": 5})
-    return BudgetChainGuard(guard_for(policy, ledger=ledger), **kw)
+    return BudgetChainGuard(guard_for(policy, ledger=ledger, rates=static_rates(rates)), **kw)
+
+
+def static_rates(pairs: dict[str, str] | None):
+    if pairs is None:
+        return None
+    return StaticRates({k: Rate.from_decimal(v, 1000, "test") for k, v in pairs.items()})
 
 
 class AllowAll:

@@ -25,8 +25,10 @@ under a root a loaded bundle owns.
 
 Fault switches (``standin.faults.set(...)``) make it misbehave on matching
 requests, for the fail-closed tests: ``delay`` seconds before answering,
-answer with HTTP ``status``, ``close`` the connection without answering, or
-answer 200 with a raw ``body``. With ``upstream=URL`` it forwards every
+answer with HTTP ``status``, ``close`` the connection without answering,
+answer 200 with a raw ``body``, or ``trickle`` the real answer one byte
+every ``trickle`` seconds (after the first ``trickle_after`` bytes, e.g. the
+headers, sent at once), which no per-read timeout ever cuts. With ``upstream=URL`` it forwards every
 request to a real OPA instead (a fault-injecting front), so the same tests
 run unchanged against a real ``opa`` when one exists.
 
@@ -78,23 +80,28 @@ class Faults:
     status: int | None = None
     close: bool = False
     body: bytes | None = None
+    trickle: float = 0.0
+    trickle_after: int = 0
     match: str = "POST /v1/data/"
     hits: int = 0
     _wake: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def set(self, *, delay: float = 0.0, status: int | None = None, close: bool = False,
-            body: bytes | None = None, match: str = "POST /v1/data/") -> None:
+            body: bytes | None = None, trickle: float = 0.0, trickle_after: int = 0,
+            match: str = "POST /v1/data/") -> None:
         self.clear()
         self.delay, self.status, self.close, self.body, self.match = delay, status, close, body, match
+        self.trickle, self.trickle_after = trickle, trickle_after
 
     def clear(self) -> None:
-        self._wake.set()  # cut short any delay in progress
+        self._wake.set()  # cut short any delay or trickle in progress
         self._wake = threading.Event()
         self.delay, self.status, self.close, self.body, self.match = 0.0, None, False, None, "POST /v1/data/"
+        self.trickle, self.trickle_after = 0.0, 0
 
     @property
     def active(self) -> bool:
-        return bool(self.delay or self.status or self.close or self.body is not None)
+        return bool(self.delay or self.status or self.close or self.body is not None or self.trickle)
 
 
 def read_bundle(path: str | Path) -> tuple[dict, dict, dict[str, str]]:
@@ -379,7 +386,17 @@ class _Handler(BaseHTTPRequestHandler):
         elif status != 204:
             head += "Content-Length: 0\r\n"
         head += "\r\n"
-        self.wfile.write(head.encode("latin-1") + (body or b""))  # one send
+        raw = head.encode("latin-1") + (body or b"")
+        if self._trickle is None:
+            self.wfile.write(raw)  # one send
+            return
+        interval, after, wake = self._trickle
+        self.wfile.write(raw[:after])
+        for i in range(after, len(raw)):
+            if wake.wait(interval):  # faults cleared: send the rest at once
+                self.wfile.write(raw[i:])
+                return
+            self.wfile.write(raw[i:i + 1])
 
     def _json(self, status: int, value: Any) -> None:
         self._send(status, json.dumps(value, separators=(",", ":")).encode("utf-8"))
@@ -392,8 +409,11 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         url = urlsplit(self.path)
         faults = standin.faults
+        self._trickle: tuple[float, int, threading.Event] | None = None
         if faults.active and f"{method} {url.path}".startswith(faults.match):
             faults.hits += 1
+            if faults.trickle:
+                self._trickle = (faults.trickle, faults.trickle_after, faults._wake)
             if faults.delay:
                 faults._wake.wait(faults.delay)
             if faults.close:

@@ -15,7 +15,8 @@ from chio_budget.chain_guard import BudgetChainGuard
 from chio_budget.engines.function import FunctionEngine
 from chio_budget.kernel import Guard, GuardContext, GuardDecision, SettlingGuard
 from chio_budget.ledger import MemoryLedger
-from chain_support import AllowAll, DenyOnTool, Pending, Raising, budget, ctx, ledger_uri, unique_policy
+from chain_support import (AllowAll, DenyOnTool, Pending, Raising, budget, ctx, ledger_uri, static_rates,
+                           unique_policy)
 from conftest import guard_for, rust_policy
 
 
@@ -118,12 +119,15 @@ def test_no_estimate_can_be_configured_to_allow_at_zero():
     assert d.evidence[0].details["estimate"] == {"units": 0, "currency": "USD", "source": "unpriced (allowed at 0)"}
 
 
-def test_foreign_estimate_is_converted_rounding_up_or_denied_without_rate():
-    b = budget(rates={"EUR": "1.085"})
-    units, _ = b.estimate(ctx("r", cost_estimate=MonetaryAmount(units=100, currency="EUR")))
-    assert units == 109  # 108.5 cents rounded against the spender
+def test_foreign_estimate_is_converted_by_the_guard_rounding_up_or_denied_without_rate():
+    b = budget(rates={"EUR/USD": "1.085"})
+    d = b.evaluate(ctx("r", cost_estimate=MonetaryAmount(units=100, currency="EUR")))
+    assert d.verdict == "allow"
+    assert d.evidence[0].details["estimate"]["units"] == 109  # 108.5 cents rounded against the spender
+    assert b.guard.total_held() == 109
     d = budget().evaluate(ctx("r2", cost_estimate=MonetaryAmount(units=100, currency="EUR")))
-    assert d.verdict == "deny" and "no rate for EUR" in d.reason
+    assert d.verdict == "deny" and "no usable EUR/USD rate: no rate oracle is configured" in d.reason
+    assert [v["code"] for v in d.evidence[0].details["decision"]["violations"]] == ["rate_unavailable"]
 
 
 def test_allow_holds_a_reservation_keyed_by_request_id():
@@ -221,13 +225,13 @@ def test_cross_currency_dimensions_are_converted_not_skipped():
     # The Rust total skips the EUR dimension; we convert it (rounding up) and take the larger.
     doc = dict(RUST_COST_METADATA, dimensions=RUST_COST_METADATA["dimensions"] + [
         {"dimension": "api_cost", "amount": {"units": 10, "currency": "EUR"}, "provider": "mistral"}])
-    assert actual_units(doc, "USD", {"EUR": "1.05"}) == (75 + 11, "api_cost dimensions")
-    with pytest.raises(CostError, match="no rate for EUR"):
-        actual_units(doc, "USD", {})
+    assert actual_units(doc, "USD", static_rates({"EUR/USD": "1.05"}), 1000) == (75 + 11, "api_cost dimensions")
+    with pytest.raises(CostError, match="cannot convert 10 EUR to USD: no rate oracle"):
+        actual_units(doc, "USD")
 
 
 def test_foreign_total_is_converted_with_the_configured_rate():
-    b = budget(rates={"JPY": "0.0067"})  # USD per yen
+    b = budget(rates={"JPY/USD": "0.0067"})  # USD per yen
     b.evaluate(ctx("r1", cost_estimate=500))
     r = b.on_invocation_complete("r1", {"dimensions": [], "total_monetary_cost": {"units": 1000, "currency": "JPY"}})
     assert r.committed_units == 670  # 1000 yen * 0.0067 = 6.70 USD
@@ -377,11 +381,10 @@ def test_a_failure_after_the_hold_gives_the_reservation_back():
     assert b.guard.ledger.open_reservations() == 0
 
 
-@pytest.mark.parametrize("rates, err", [({"EUR": 1.08}, TypeError), ({"EUR": "0"}, ValueError),
-                                        ({"EUR": "abc"}, ValueError), ({"eur": "1"}, ValueError)])
-def test_unusable_rates_are_refused_up_front(rates, err):
-    with pytest.raises(err):
-        budget(rates=rates)
+def test_the_chain_member_has_no_rates_of_its_own():
+    # One conversion path: the guard's oracle (BudgetGuard(rates=...)), not a dict on the member.
+    with pytest.raises(TypeError):
+        BudgetChainGuard(guard_for(rust_policy()), rates={"EUR": "1.085"})
 
 
 def test_holds_that_never_report_back_are_forgotten():

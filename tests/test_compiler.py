@@ -7,7 +7,8 @@ import json
 import subprocess
 import sys
 
-from chio_budget.compiler import canonical_json, compile_dir, compile_policy
+from chio_budget.compiler import (Compiled, as_compiled, canonical_json, compile_all, compile_dir, compile_policies,
+                                  compile_policy, data_document, data_revision, revision_of)
 from conftest import rust_policy
 
 
@@ -56,3 +57,16 @@ def test_cli_compile_reports_located_errors_and_writes_nothing(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip() == f'{tmp_path}/bad.yaml:4: max_per_tool."s1:x".units: must be >= 0, got -5'
     assert not out.exists()
+
+
+def test_compile_all_is_the_one_reading_of_the_document_layout():
+    policies = {"default": rust_policy(), "other": rust_policy(id="other", max_total=5)}
+    compiled = compile_all(policies)
+    assert compiled.budget == compile_policies(policies)
+    assert compiled.document == {"chio": {"budget": compiled.budget}} == data_document(policies)
+    assert compiled.revision == revision_of(compiled.budget) == data_revision(policies)
+    assert compiled.revisions == {pid: compile_policy(p)["revision"] for pid, p in policies.items()}
+    assert compiled.policy_ids == ("default", "other")
+    again = Compiled.from_document(json.loads(canonical_json(compiled.document)))
+    assert (again.budget, again.revision, again.revisions) == (compiled.budget, compiled.revision, compiled.revisions)
+    assert as_compiled(compiled) is compiled and as_compiled(compiled.document).revisions == compiled.revisions

@@ -7,10 +7,12 @@ import threading
 
 import pytest
 
-from chio_budget.compiler import data_document
+from chio_budget.compiler import compile_all
+from chio_budget.engines import make_engine
 from chio_budget.engines.embedded import EmbeddedEngine
 from chio_budget.errors import EngineError
 from chio_budget.guard import BudgetGuard
+from chio_budget.rego_files import rego_modules
 from conftest import REGO_DIR, make_meta, rust_policy
 from decision_cases import CASES
 
@@ -24,7 +26,7 @@ def rego_copy(tmp_path):
 
 def engine_with(rego_dir, policy=None):
     policy = policy or rust_policy()
-    return EmbeddedEngine(data_document({policy.id: policy}), rego_dir)
+    return EmbeddedEngine(compile_all({policy.id: policy}), rego_dir)
 
 
 def input_of(case_id):
@@ -119,3 +121,24 @@ def test_guard_denies_when_the_engine_fails(rego_copy):
     auth = guard.authorize(make_meta(), 1)
     assert not auth.allow and auth.decision.error.startswith("engine error:")
     assert guard.total_spent() == 0 and guard.ledger.open_reservations() == 0
+
+
+def test_rego_files_are_read_in_one_place_with_tests_only_when_asked(rego_copy):
+    (rego_copy / "chio" / "budget" / "zzz_test.rego").write_text("package chio.budget_test\n")
+    plain = rego_modules(rego_copy)
+    assert "chio/budget/decision.rego" in plain and "chio/budget/zzz_test.rego" not in plain
+    every = rego_modules(rego_copy, include_tests=True, full_paths=True)
+    assert str(rego_copy / "chio/budget/zzz_test.rego") in every
+    single = rego_copy / "chio" / "budget" / "decision.rego"
+    assert rego_modules(single) == {"decision.rego": single.read_text()}
+
+
+def test_make_engine_takes_compiled_policies_and_refuses_options_it_would_ignore():
+    compiled = compile_all({"default": rust_policy()})
+    engine = make_engine("embedded", compiled, REGO_DIR)
+    try:
+        assert engine.decide(input_of("within_budget")).allow
+    finally:
+        engine.close()
+    with pytest.raises(EngineError, match="embedded engine: unknown option.*timeout"):
+        make_engine("embedded", compiled, REGO_DIR, timeout=1)

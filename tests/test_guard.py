@@ -98,8 +98,12 @@ def test_bad_cost_is_rejected_before_anything_is_recorded():
             g.authorize(make_meta(), bad)
         with pytest.raises(ValueError):
             g.record(make_meta(), bad)
-    with pytest.raises(ValueError, match="convert first"):
-        g.check(make_meta(), MonetaryAmount(units=1, currency="EUR"))
+    # A foreign cost without a rate oracle: check/authorize deny (a policy decision), record refuses.
+    d = g.check(make_meta(), MonetaryAmount(units=1, currency="EUR"))
+    assert [v.code for v in d.violations] == ["rate_unavailable"] and d.error is None
+    assert not g.authorize(make_meta(), MonetaryAmount(units=1, currency="EUR")).allow
+    with pytest.raises(ValueError, match="no rate oracle"):
+        g.record(make_meta(), MonetaryAmount(units=1, currency="EUR"))
     assert g.total_spent() == 0 and g.ledger.open_reservations() == 0
 
 

@@ -91,7 +91,7 @@ def test_tool_key_needs_exactly_one_colon(key):
 
 def test_missing_required_fields_and_bad_currency():
     errs = errors_of("currency: usd\n")
-    assert "policies/team.yaml:1: currency: must be a three-letter ISO 4217 code such as 'USD', got 'usd'" in errs
+    assert "policies/team.yaml:1: currency: currency codes are case-sensitive: write 'USD', not 'usd'" in errs
     assert "policies/team.yaml:1: max_total: required" in errs
 
 

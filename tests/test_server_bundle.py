@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -11,11 +13,11 @@ import requests
 from typer.testing import CliRunner
 
 from chio_budget import EngineError
-from chio_budget.bundle import PUSH_PREFIX, bundle_contents, push, write_bundle
+from chio_budget.bundle import bundle_contents, write_bundle
 from chio_budget.cli import app
-from chio_budget.compiler import compile_policies, data_document, data_revision
+from chio_budget.compiler import compile_all, compile_policies, data_revision
 from chio_budget.engines import make_engine
-from chio_budget.engines.server import make_client
+from chio_budget.engines.opa_http import PUSH_PREFIX, make_client, push
 from chio_budget.policy import load_policies
 from opa_fixtures import POLICIES_DIR, REGO_DIR, opa_server_blank, start_opa  # noqa: F401 (fixture)
 
@@ -41,7 +43,8 @@ def test_bundle_layout_is_what_opa_run_bundle_expects(tmp_path, rego_dir):
     write_bundle(POLICIES_DIR, rego_dir, out)
     members = _members(out)
     names = sorted(members)
-    assert names == ["/.manifest", "/chio/budget/data.json", "/chio/budget/decision.rego", "/chio/budget/team.rego"]
+    assert names == ["/.manifest", "/chio/budget/data.json", "/chio/budget/decision.rego", "/chio/budget/rates.rego",
+                     "/chio/budget/team.rego"]
     policies = load_policies(POLICIES_DIR)
     manifest = json.loads(members["/.manifest"][1])
     assert manifest == {"revision": data_revision(policies), "roots": ["chio/budget"]}
@@ -73,12 +76,12 @@ def test_a_module_outside_the_bundle_root_is_refused_with_its_location(tmp_path,
 def test_opa_loads_the_bundle_and_decides_with_the_teams_extension(tmp_path, rego_dir):
     out = tmp_path / "bundle.tar.gz"
     write_bundle(POLICIES_DIR, rego_dir, out)
-    data = data_document(load_policies(POLICIES_DIR))
+    compiled = compile_all(load_policies(POLICIES_DIR))
     opa = start_opa(out)
     try:
         if opa.kind == "standin":
             assert opa.front.bundle_revision == data_revision(load_policies(POLICIES_DIR))
-        engine = make_engine("server", data, opa_url=opa.url)
+        engine = make_engine("server", compiled, opa_url=opa.url)
         try:
             inp = {"policy_id": "default",
                    "request": {"receipt_id": "r", "timestamp": 1, "agent_id": "owl", "session_id": None,
@@ -124,19 +127,19 @@ def test_push_then_decide_and_push_again_is_idempotent(opa_server_blank, rego_di
     contents = bundle_contents(POLICIES_DIR, rego_dir)
     client = make_client(opa_server_blank.url)
     try:
-        assert push(client, contents) == contents.revision
+        assert push(client, contents.compiled, contents.modules) == contents.revision
         first = sorted(client.get_policies_list())
-        assert push(client, contents) == contents.revision
+        assert push(client, contents.compiled, contents.modules) == contents.revision
         assert sorted(client.get_policies_list()) == first
         assert first == sorted(PUSH_PREFIX + p for p in contents.modules)
         # a module removed from rego/ disappears from OPA on the next push
         (rego_dir / "chio/budget/team.rego").unlink()
         smaller = bundle_contents(POLICIES_DIR, rego_dir)
-        push(client, smaller)
+        push(client, smaller.compiled, smaller.modules)
         assert PUSH_PREFIX + "chio/budget/team.rego" not in client.get_policies_list()
     finally:
         client.close_connection()
-    engine = make_engine("server", data_document(load_policies(POLICIES_DIR)), opa_url=opa_server_blank.url)
+    engine = make_engine("server", compile_all(load_policies(POLICIES_DIR)), opa_url=opa_server_blank.url)
     engine.close()  # construction verified the pushed revision
 
 
@@ -146,11 +149,11 @@ def test_push_names_the_failing_step(opa_server_blank):
     try:
         opa_server_blank.faults.set(status=500, match="PUT /v1/data/")
         with pytest.raises(EngineError, match=r"push failed at PUT /v1/data/chio/budget"):
-            push(client, contents)
+            push(client, contents.compiled, contents.modules)
         opa_server_blank.faults.clear()
         opa_server_blank.stop()
         with pytest.raises(EngineError, match="push failed at list policies: connection refused"):
-            push(client, contents)
+            push(client, contents.compiled, contents.modules)
     finally:
         client.close_connection()
 
@@ -176,3 +179,38 @@ def test_cli_push_without_url_is_a_usage_error(monkeypatch):
     monkeypatch.delenv("CHIO_OPA_URL", raising=False)
     r = CliRunner().invoke(app, ["push", str(POLICIES_DIR)])
     assert r.exit_code == 2 and "--opa-url" in r.output
+
+
+# -- issue 9 item 11: credentials over plain http, and in messages ------------------------------------------------
+
+def test_cli_push_refuses_a_token_over_plain_http_unless_insecure(opa_server_blank):
+    args = ["push", str(POLICIES_DIR), str(REGO_DIR), "--opa-url", opa_server_blank.url, "--token", "t0ken"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "--insecure" in r.stderr and "http://" in r.stderr
+    assert opa_server_blank.front.requests == 0  # refused before anything was sent
+    r = CliRunner().invoke(app, [*args, "--insecure"])
+    assert r.exit_code == 0, r.output
+    assert "warning:" in r.stderr and "plain http://" in r.stderr
+    assert opa_server_blank.front.last_headers.get("Authorization") == "Bearer t0ken"
+
+
+def test_cli_push_refuses_a_token_from_the_environment_over_plain_http(opa_server_blank):
+    r = CliRunner().invoke(app, ["push", str(POLICIES_DIR), "--opa-url", opa_server_blank.url],
+                           env={"CHIO_OPA_TOKEN": "t0ken"})
+    assert r.exit_code == 2 and "--insecure" in r.stderr
+
+
+def test_cli_push_redacts_credentials_in_the_url_from_its_errors(opa_server_blank):
+    url = opa_server_blank.url.replace("http://", "http://alice:s3cret@", 1)
+    opa_server_blank.stop()
+    r = CliRunner().invoke(app, ["push", str(POLICIES_DIR), "--opa-url", url, "--insecure"])
+    assert r.exit_code == 1 and "push failed at list policies: connection refused" in r.output
+    assert "s3cret" not in r.output and "http://***@127.0.0.1" in r.output
+
+
+def test_the_bundle_writer_needs_no_engine_and_no_network():
+    """bundle.py builds files only: importing it loads neither the server engine nor an HTTP client."""
+    code = ("import sys, chio_budget.bundle; print(sorted(m for m in sys.modules if m.startswith(("
+            "'chio_budget.engines.server', 'chio_budget.engines.opa_http', 'requests', 'opa_client'))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"

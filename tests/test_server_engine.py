@@ -11,14 +11,15 @@ from typer.testing import CliRunner
 
 from chio_budget import BudgetGuard, EngineError
 from chio_budget.cli import app
-from chio_budget.compiler import data_document
+from chio_budget.compiler import Compiled, compile_all
 from chio_budget.engines import make_engine
-from chio_budget.engines.server import ServerEngine, make_client
+from chio_budget.engines.opa_http import make_client
+from chio_budget.engines.server import ServerEngine
 from chio_budget.policy import load_policies
 from conftest import make_meta
 from opa_fixtures import POLICIES_DIR, REGO_DIR, opa_server, opa_server_blank  # noqa: F401 (fixtures)
 
-DATA = data_document(load_policies(POLICIES_DIR))
+DATA = compile_all(load_policies(POLICIES_DIR))
 META_JSON = json.dumps({"receipt_id": "r1", "timestamp": 1000, "session_id": "sess-1", "agent_id": "a1",
                         "tool_server": "s1", "tool_name": "t1"})
 
@@ -37,7 +38,7 @@ def test_guard_from_files_decides_through_the_bundle(opa_server):
             "scope": "agent", "agent_id": "a1", "limit_units": 3000, "current_units": 2900,
             "requested_units": 200, "currency": "USD"}
         assert guard.total_spent() == 2900
-        assert over.decision.policy_revision == DATA["chio"]["budget"]["policies"]["default"]["revision"]
+        assert over.decision.policy_revision == DATA.revisions["default"]
     finally:
         guard.close()
 
@@ -90,8 +91,9 @@ def test_start_up_refuses_a_server_without_this_guards_policies(opa_server_blank
 
 def test_start_up_refuses_other_revisions_unless_told_not_to_verify(opa_server_blank):
     make_engine("server", DATA, opa_url=opa_server_blank.url, push=True, rego_dir=REGO_DIR).close()
-    other = json.loads(json.dumps(DATA))
-    other["chio"]["budget"]["policies"]["default"]["revision"] = "sha256:other"
+    other = json.loads(json.dumps(DATA.budget))
+    other["policies"]["default"]["revision"] = "sha256:other"
+    other = Compiled.from_budget(other)
     with pytest.raises(EngineError, match="policy 'default' is at revision sha256:.* on the server, sha256:other here"):
         make_engine("server", other, opa_url=opa_server_blank.url, ready_timeout=0.3)
     unchecked = make_engine("server", other, opa_url=opa_server_blank.url, verify_revision=False)
@@ -203,7 +205,7 @@ def test_decide_never_raises_on_garbage_input(opa_server):
 
 
 def test_engine_is_reachable_as_serverengine_from_options(opa_server):
-    e = ServerEngine.from_options(data=DATA, rego_dir=None, opa_url=opa_server.url)
+    e = ServerEngine.from_options(DATA, rego_dir=None, opa_url=opa_server.url)
     try:
         assert requests.get(opa_server.url + "/health", timeout=2).status_code == 200
         assert e.decide(_input(1)).allow
@@ -223,8 +225,9 @@ def test_decide_never_raises_whatever_the_input(opa_server):
 
 def test_a_decision_for_a_policy_this_guard_did_not_compile_is_refused(opa_server_blank):
     """OPA may know more policies than the guard; their decisions are not vouched for."""
-    both = json.loads(json.dumps(DATA))
-    both["chio"]["budget"]["policies"]["other"] = dict(both["chio"]["budget"]["policies"]["default"])
+    both = json.loads(json.dumps(DATA.budget))
+    both["policies"]["other"] = dict(both["policies"]["default"])
+    both = Compiled.from_budget(both)
     make_engine("server", both, opa_url=opa_server_blank.url, push=True, rego_dir=REGO_DIR).close()
     engine = make_engine("server", DATA, opa_url=opa_server_blank.url)
     try:
@@ -261,3 +264,42 @@ def test_no_overspend_when_threads_authorize_through_the_server_engine(opa_serve
         assert guard.remaining() == 0
     finally:
         guard.close()
+
+
+# -- issue 9 item 11: credentials in the URL never reach a message ----------------------------------------------
+
+def _with_credentials(url: str) -> str:
+    return url.replace("http://", "http://alice:s3cret@", 1)
+
+
+def test_credentials_in_the_url_are_redacted_from_start_up_errors(opa_server):
+    url = _with_credentials(opa_server.url)
+    opa_server.stop()
+    with pytest.raises(EngineError) as caught:
+        make_engine("server", DATA, opa_url=url, ready_timeout=0.2, retries=0)
+    assert "s3cret" not in str(caught.value) and "alice" not in str(caught.value)
+    assert "http://***@127.0.0.1" in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["http://alice:s3cret@127.0.0.1:notaport", "ftp://alice:s3cret@127.0.0.1:1",
+                                 "http://alice:s3cret@127.0.0.1:1/opa"])
+def test_credentials_in_a_bad_url_are_redacted_from_the_refusal(url):
+    with pytest.raises(EngineError) as caught:
+        make_engine("server", DATA, opa_url=url)
+    assert "s3cret" not in str(caught.value) and "***@" in str(caught.value)
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth_and_redacted_from_cli_errors(opa_server):
+    url = _with_credentials(opa_server.url)
+    engine = make_engine("server", DATA, opa_url=url)
+    try:
+        assert engine.decide(_input(1)).allow
+        assert opa_server.front.last_headers.get("Authorization") == "Basic YWxpY2U6czNjcmV0"  # alice:s3cret
+        assert "s3cret" not in engine.url
+    finally:
+        engine.close()
+    opa_server.stop()
+    r = CliRunner().invoke(app, ["check", "--meta", META_JSON, "--cost", "1", "--policies", str(POLICIES_DIR),
+                                 "--engine", "server", "--opa-url", url], env={"CHIO_OPA_READY_TIMEOUT": "0.2"})
+    assert r.exit_code == 2 and "did not become healthy" in r.output
+    assert "s3cret" not in r.output

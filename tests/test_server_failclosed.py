@@ -7,12 +7,12 @@ import pytest
 import requests
 
 from chio_budget import BudgetGuard
-from chio_budget.compiler import compile_policies
+from chio_budget.compiler import compile_all
 from chio_budget.policy import load_policies
 from conftest import make_meta
 from opa_fixtures import POLICIES_DIR, REGO_DIR, OpaServer, opa_server_blank  # noqa: F401 (fixture)
 
-_POLICIES = compile_policies(load_policies(POLICIES_DIR))["policies"]
+_POLICIES = compile_all(load_policies(POLICIES_DIR)).budget["policies"]
 
 
 def _set_policies(server: OpaServer, policies: dict) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 import requests
 
-from chio_budget.bundle import BundleContents, ROOT, push
-from chio_budget.compiler import revision_of
-from chio_budget.engines.base import rego_modules
+from chio_budget.compiler import Compiled
 from chio_budget.engines.embedded import EmbeddedEngine
-from chio_budget.engines.server import ServerEngine, make_client
+from chio_budget.engines.opa_http import make_client, push
+from chio_budget.engines.server import ServerEngine
+from chio_budget.rego_files import rego_modules
 from decision_cases import CASES
 from opa_fixtures import REGO_DIR, start_opa
 
@@ -23,7 +23,7 @@ from opa_fixtures import REGO_DIR, start_opa
 def parity_server():
     server = start_opa(None)
     client = make_client(server.url)
-    push(client, BundleContents(revision_of({"policies": {}}), [ROOT], {"policies": {}}, rego_modules(REGO_DIR)))
+    push(client, Compiled.from_budget({"policies": {}}), rego_modules(REGO_DIR))
     client.close_connection()
     try:
         yield server
@@ -33,10 +33,11 @@ def parity_server():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_server_and_embedded_engines_agree(parity_server, case):
-    r = requests.put(f"{parity_server.url}/v1/data/chio/budget", json=case.data["chio"]["budget"], timeout=5)
+    compiled = Compiled.from_document(case.data)
+    r = requests.put(f"{parity_server.url}/v1/data/chio/budget", json=compiled.budget, timeout=5)
     assert r.status_code == 204, r.text
-    embedded = EmbeddedEngine(case.data, REGO_DIR)
-    server = ServerEngine(make_client(parity_server.url), case.data, ready_timeout=5)
+    embedded = EmbeddedEngine(compiled, REGO_DIR)
+    server = ServerEngine(make_client(parity_server.url), compiled, ready_timeout=5)
     try:
         e, s = embedded.decide(case.input), server.decide(case.input)
     finally:

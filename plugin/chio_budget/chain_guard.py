@@ -25,45 +25,17 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any, Mapping, Sequence
 
-from .actual_cost import CostError, actual_units, check_rates, to_units
+from .actual_cost import CostError, actual_units
 from .cost import CostMetadata
 from .decision import Decision
 from .decisionlog import DecisionLog, DecisionLogError, new_decision_id
-from .guard import Authorization, BudgetGuard
+from .guard import Authorization, BudgetGuard, Cost
 from .kernel import GuardContext, GuardDecision, GuardEvidence, InvocationStatus, Verdict
 from .metrics import BudgetMetrics
+from .money import MonetaryAmount
 from .shadow import ShadowPolicy, run_shadows
-
-
-class ObservedEngine:
-    """An ``Engine`` that delegates and remembers, per thread, the last call.
-
-    The decision log needs the exact input OPA saw and how long it took; the
-    guard builds that input internally, so we watch it at the engine. The
-    record is thread-local: concurrent requests never see each other's.
-    """
-
-    def __init__(self, inner: Any):
-        self.inner = inner
-        self.name = getattr(inner, "name", "engine")
-        self._local = threading.local()
-
-    def decide(self, input: dict[str, Any]) -> Decision:
-        t0 = time.perf_counter_ns()
-        d = self.inner.decide(input)
-        self._local.last = (input, d, time.perf_counter_ns() - t0)
-        return d
-
-    def take_last(self) -> tuple[dict[str, Any], Decision, int] | None:
-        last = getattr(self._local, "last", None)
-        self._local.last = None
-        return last
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 @dataclass(frozen=True)
@@ -110,7 +82,8 @@ class _Call:
     ctx: GuardContext
     meta: CostMetadata
     decision_id: str = field(default_factory=new_decision_id)
-    est: int | None = None
+    cost: Cost | None = None  # the estimate as found (in any currency)
+    est: int | None = None  # the estimate in policy-currency units (converted when foreign)
     source: str = "none"
     decision: Decision | None = None
     auth: Authorization | None = None
@@ -126,13 +99,13 @@ class _Call:
 class BudgetChainGuard:
     """A ``BudgetGuard`` behind the kernel's ``Guard`` protocol, with settlement.
 
-    ``rates`` maps a foreign currency to its rate into the policy currency
-    (``MonetaryAmount.convert`` semantics: policy-currency major units per
-    one major unit of the foreign one, exact: ``"151.37"`` or a Fraction).
-    ``allow_unpriced=True`` lets a call with no estimate through at 0
-    instead of denying it. The guard's engine is wrapped in an
-    ``ObservedEngine`` (in place) so decisions can be logged with their OPA
-    input and evaluation time.
+    Costs in another currency (an estimate, a grant's cap, the actual cost)
+    are converted by the guard with its rate oracle (``BudgetGuard(rates=...)``),
+    the estimate inside the decision, where a missing or stale rate is a
+    deny. ``allow_unpriced=True`` lets a call with no estimate through at 0
+    instead of denying it. Decisions are logged with the OPA input and the
+    evaluation time the guard's ``Authorization`` carries; the guard's policy
+    version (and its reloads) shows in the metrics' revision gauge.
 
     Holds whose call never reports back are forgotten after
     ``forget_holds_after`` seconds (checked every ``forget_check_every``
@@ -143,18 +116,13 @@ class BudgetChainGuard:
     forget_check_every = 1024
 
     def __init__(self, guard: BudgetGuard, *, name: str = "budget", decision_log: DecisionLog | None = None,
-                 metrics: BudgetMetrics | None = None, shadows: Sequence[Any] = (),
-                 rates: Mapping[str, Fraction | str | int] | None = None, allow_unpriced: bool = False,
+                 metrics: BudgetMetrics | None = None, shadows: Sequence[Any] = (), allow_unpriced: bool = False,
                  remember_settled: int = 100_000, forget_holds_after: float = 86_400.0):
         self.name = name
         self.guard = guard
-        if not isinstance(guard.engine, ObservedEngine):
-            guard.engine = ObservedEngine(guard.engine)
-        self._observed: ObservedEngine = guard.engine
         self.decision_log = decision_log
         self.metrics = metrics
         self.shadows = [s if isinstance(s, ShadowPolicy) else ShadowPolicy(s) for s in shadows]
-        self.rates = check_rates(rates or {})
         self.allow_unpriced = allow_unpriced
         self.forget_holds_after = forget_holds_after
         self._evaluations = 0
@@ -162,6 +130,19 @@ class BudgetChainGuard:
         self._held: dict[str, _Held] = {}
         self._settled: OrderedDict[str, SettlementResult] = OrderedDict()
         self._remember = remember_settled
+        if metrics is not None:
+            self._policy_in_force(guard)
+            guard.event_hooks["reloaded"].append(self._policy_in_force)
+            guard.event_hooks["reload_failed"].append(
+                lambda g, exc: metrics.observe_reload(g.policy.id, False))
+
+    def _policy_in_force(self, guard: BudgetGuard) -> None:
+        """Point the revision gauge at the guard's version (at start and after each reload)."""
+        assert self.metrics is not None
+        loaded = guard._loaded
+        self.metrics.set_policy(loaded.policy.id, loaded.policy_revision, loaded.rego_revision, loaded.loaded_at)
+        if guard.reloads:
+            self.metrics.observe_reload(loaded.policy.id, True)
 
     @property
     def policy(self):
@@ -171,17 +152,20 @@ class BudgetChainGuard:
         with self._lock:
             return len(self._held)
 
-    def estimate(self, ctx: GuardContext) -> tuple[int, str]:
-        """``(units, source)`` in the policy currency; ``CostError`` when there is none."""
-        cur = self.policy.currency
+    def estimate(self, ctx: GuardContext) -> tuple[Cost, str]:
+        """``(cost, source)``: policy-currency units or an amount in any currency (the guard
+        converts it while deciding); ``CostError`` when there is none."""
+        def own(cost: Cost) -> Cost:
+            same = isinstance(cost, MonetaryAmount) and cost.currency == self.policy.currency
+            return cost.units if same else cost
+
         if ctx.cost_estimate is not None:
-            e = ctx.cost_estimate
-            return (e if isinstance(e, int) else to_units(e, cur, self.rates)), "context"
+            return own(ctx.cost_estimate), "context"
         price = self.policy.prices.get(ctx.tool_key)
         if price is not None:
-            return to_units(price, cur, self.rates), "policy price"
+            return own(price), "policy price"
         if ctx.grant is not None and ctx.grant.max_cost_per_invocation is not None:
-            return to_units(ctx.grant.max_cost_per_invocation, cur, self.rates), "grant max_cost_per_invocation"
+            return own(ctx.grant.max_cost_per_invocation), "grant max_cost_per_invocation"
         if self.allow_unpriced:
             return 0, "unpriced (allowed at 0)"
         raise CostError(f"no cost estimate for {ctx.tool_key}: none in the context, no policy price, "
@@ -219,22 +203,23 @@ class BudgetChainGuard:
 
     def _estimate(self, call: _Call) -> None:
         try:
-            call.est, call.source = self.estimate(call.ctx)
+            call.cost, call.source = self.estimate(call.ctx)
         except CostError as exc:
             call.decision = Decision.deny_error(str(exc), self.policy.id)
+            return
+        call.est = call.cost if isinstance(call.cost, int) else None  # a foreign one: known once converted
 
     def _authorize(self, call: _Call) -> None:
         """Reserve and ask OPA; any failure is a deny decision (still logged), not an exception."""
-        assert call.est is not None
-        self._observed.take_last()
+        assert call.cost is not None
         try:
-            call.auth = self.guard.authorize(call.meta, call.est)
-            call.decision = call.auth.decision
+            call.auth = self.guard.authorize(call.meta, call.cost)
         except Exception as exc:
             call.decision = Decision.deny_error(f"guard error: {type(exc).__name__}: {exc}", self.policy.id)
-        seen = self._observed.take_last()
-        if seen is not None:
-            call.opa_input, _, call.eval_ns = seen
+            return
+        call.decision, call.opa_input, call.eval_ns = call.auth.decision, call.auth.input, call.auth.eval_ns
+        if call.auth.conversion is not None:  # a foreign estimate: what it was converted to
+            call.est = call.auth.conversion.input_units
 
     def _hold(self, call: _Call) -> None:
         """On allow, keep the reservation until settlement; a retry keeps the first one."""
@@ -267,8 +252,9 @@ class BudgetChainGuard:
             decision_id=call.decision_id, input=call.opa_input, result=decision.to_json_dict(),
             revision=decision.policy_revision, eval_ns=call.eval_ns,
             chio={"guard": self.name, "verdict": "allow" if decision.allow else "deny",
-                  "request_id": call.ctx.request_id, "engine": self._observed.name, "estimate_units": call.est,
-                  "currency": policy.currency, "estimate_source": call.source})
+                  "request_id": call.ctx.request_id, "engine": self.guard.engine.name, "estimate_units": call.est,
+                  "currency": policy.currency, "estimate_source": call.source,
+                  "rego_revision": call.auth.rego_revision if call.auth else self.guard.rego_revision})
         try:
             self.decision_log.write(event)
         except DecisionLogError as exc:
@@ -291,7 +277,7 @@ class BudgetChainGuard:
         assert decision is not None and call.opa_input is not None
         if self.metrics:
             self.metrics.observe_decision(self.policy.id, decision,
-                                          None if call.eval_ns is None else call.eval_ns / 1e9, self._observed.name)
+                                          None if call.eval_ns is None else call.eval_ns / 1e9, self.guard.engine.name)
         if self.shadows and call.opa_input.get("totals") is not None:
             run_shadows(self.shadows, call.opa_input, decision, decision_id=call.decision_id,
                         enforced_policy_id=self.policy.id, chio={"guard": self.name, "request_id": call.ctx.request_id},
@@ -358,7 +344,8 @@ class BudgetChainGuard:
                                         prev.committed_units, prev.over_estimate, f"no-op (was {prev.outcome})",
                                         None, prev.decision_id)
             return SettlementResult(request_id, "unknown", cur, source="no hold for this request")
-        actual, source, error = self._read_actual(result, status)
+        conversions: list[dict[str, Any]] = []
+        actual, source, error = self._read_actual(result, status, h.auth, conversions)
         over = actual is not None and actual > h.estimate
         try:
             outcome, committed = self._apply(h, status, actual)
@@ -374,15 +361,19 @@ class BudgetChainGuard:
         self._remember_settled(r)
         if self.metrics:
             self.metrics.observe_settlement(self.policy.id, outcome, cur, committed or 0, h.request, over)
-        self._emit_settlement(r, h)
+        self._emit_settlement(r, h, conversions)
         return r
 
-    def _read_actual(self, result: Any, status: InvocationStatus) -> tuple[int | None, str, str | None]:
-        """``(actual units or None for the estimate, source, error)``; never raises."""
+    def _read_actual(self, result: Any, status: InvocationStatus, auth: Authorization,
+                     facts: list[dict[str, Any]]) -> tuple[int | None, str, str | None]:
+        """``(actual units or None for the estimate, source, error)``; never raises.
+
+        Foreign amounts are converted with the oracle and policy currency the
+        call was authorized under, at the request's timestamp."""
         if status in ("failed", "cancelled"):
             return None, f"call {status}", None
         try:
-            actual, source = actual_units(result, self.policy.currency, self.rates)
+            actual, source = actual_units(result, auth.currency, auth.rates, auth.timestamp, facts)
         except CostError as exc:
             return None, "estimate (actual unreadable)", f"{exc}; estimate committed"
         return actual, source, None
@@ -405,7 +396,7 @@ class BudgetChainGuard:
         if self.metrics:
             self.metrics.set_open(self.policy.id, n_open)
 
-    def _emit_settlement(self, r: SettlementResult, h: _Held) -> None:
+    def _emit_settlement(self, r: SettlementResult, h: _Held, conversions: list[dict[str, Any]] = ()) -> None:
         if self.decision_log is None:
             return
         try:
@@ -413,7 +404,8 @@ class BudgetChainGuard:
                 decision_id=r.decision_id, request_id=r.request_id, policy_id=self.policy.id, outcome=r.outcome,
                 currency=r.currency, estimate_units=r.estimate_units, actual_units=r.actual_units,
                 committed_units=r.committed_units, over_estimate=r.over_estimate, source=r.source, error=r.error,
-                extra={"guard": self.name, "request": h.request}))
+                extra={"guard": self.name, "request": h.request,
+                       **({"conversions": list(conversions)} if conversions else {})}))
         except DecisionLogError:
             # The money already moved; failing the settlement now would only lose
             # the result. Counted so an operator sees the gap.

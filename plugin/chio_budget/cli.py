@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import typer
 
+from . import cli_rates
 from .errors import ChioBudgetError, InputError, PolicyError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -24,6 +25,8 @@ REGO_DIR = typer.Option(None, "--rego-dir", help="Rego directory (default: the o
 ENGINE = typer.Option("embedded", "--engine", help="embedded | server")
 OPA_URL = typer.Option(None, "--opa-url", envvar="CHIO_OPA_URL", help="OPA server URL (engine=server)")
 LEDGER = typer.Option("memory", "--ledger", envvar="CHIO_LEDGER", help="memory | sqlite:///path | redis://host:port/db | postgresql://user@host/db?schema=name")
+RATES = typer.Option(None, "--rates", envvar="CHIO_RATES", help="rates.yaml: exchange rates and declared currency units")
+CURRENCY = typer.Option(None, "--currency", help="currency of the cost (default: the policy's)")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -31,8 +34,26 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _rates(rates: Optional[Path]):
+    """The ``--rates`` file as an oracle (None without one); a bad file exits 2 with its located errors."""
+    from .rates_file import load_rates
+
+    if rates is None:
+        return None
+    try:
+        return load_rates(rates)
+    except ChioBudgetError as exc:
+        _fail(str(exc))
+
+
+def _currencies(oracle):
+    from .currencies import DEFAULT_CURRENCIES
+
+    return oracle.currencies if oracle is not None else DEFAULT_CURRENCIES
+
+
 def _guard(policies: Path, policy_id: str, rego_dir: Optional[Path], engine: str, opa_url: Optional[str],
-           ledger: str):
+           ledger: str, rates: Any = None):
     from .guard import BudgetGuard
 
     options: dict[str, Any] = {}
@@ -42,7 +63,7 @@ def _guard(policies: Path, policy_id: str, rego_dir: Optional[Path], engine: str
         options["opa_url"] = opa_url
     try:
         return BudgetGuard.from_files(policies, policy_id=policy_id, rego_dir=rego_dir, engine=engine,
-                                      ledger=ledger, **options)
+                                      ledger=ledger, rates=rates, **options)
     except ChioBudgetError as exc:
         _fail(str(exc))
 
@@ -53,12 +74,14 @@ def _dump(obj: Any) -> str:
 
 @app.command("compile")
 def compile_cmd(policies: Path = typer.Argument(Path("policies"), help="policy directory"),
-                output: Path = typer.Option(Path("build/data.json"), "-o", "--output")) -> None:
+                output: Path = typer.Option(Path("build/data.json"), "-o", "--output"),
+                rates: Optional[Path] = RATES) -> None:
     """Validate YAML policies and write the Rego data document."""
     from .compiler import compile_dir
 
+    currencies = _currencies(_rates(rates))
     try:
-        data = compile_dir(policies)
+        data = compile_dir(policies, currencies=currencies)
     except PolicyError as exc:
         _fail(str(exc))
     if output.is_dir():
@@ -74,21 +97,40 @@ def compile_cmd(policies: Path = typer.Argument(Path("policies"), help="policy d
 
 @app.command()
 def check(meta: str = typer.Option(..., "--meta", help="CostMetadata JSON (Rust form)"),
-          cost_units: int = typer.Option(..., "--cost", help="cost in the policy currency's minor units"),
+          cost_units: int = typer.Option(..., "--cost", help="cost in minor units of --currency (default: the policy's)"),
+          currency: Optional[str] = CURRENCY, rates: Optional[Path] = RATES,
           policies: Path = POLICIES, policy_id: str = POLICY_ID, rego_dir: Optional[Path] = REGO_DIR,
           engine: str = ENGINE, opa_url: Optional[str] = OPA_URL, ledger: str = LEDGER) -> None:
-    """Decide one proposed cost against the ledger's current counters (holds nothing)."""
+    """Decide one proposed cost against the ledger's current counters (holds nothing).
+
+    With ``--currency`` the cost is converted into the policy currency with
+    the ``--rates`` file (a missing or stale rate is a deny, exit 1).
+    """
+    from .money import MonetaryAmount
     from .replay import parse_json, parse_meta
 
     try:
         m = parse_meta(parse_json(meta, "--meta"), "--meta")
     except InputError as exc:
         _fail(str(exc))
-    guard = _guard(policies, policy_id, rego_dir, engine, opa_url, ledger)
+    oracle = _rates(rates)
+    cost: Any = cost_units
+    if currency is not None:
+        try:
+            _currencies(oracle).scale(currency)
+            cost = MonetaryAmount(units=cost_units, currency=currency)
+        except ValueError as exc:
+            _fail(f"--currency: {str(exc).splitlines()[-1].strip()}")
+    guard = _guard(policies, policy_id, rego_dir, engine, opa_url, ledger, oracle)
     try:
-        d = guard.check(m, cost_units)
+        e = guard.evaluate(m, cost)
     except ValueError as exc:
         _fail(f"--cost: {exc}")
+    d, c = e.decision, e.conversion
+    if c is not None:
+        rate = "no rate" if c.rate is None else f"{c.rate.numerator}/{c.rate.denominator} from {c.rate.source}"
+        typer.echo(f"converted {cost_units} {currency} -> {c.units} {c.currency} ({c.pair} {rate}, "
+                   f"margin {c.margin_bps} bps, {c.status})", err=True)
     typer.echo(_dump(d.to_json_dict()))
     typer.echo(d.reason(), err=True)
     raise typer.Exit(0 if d.allow else 1)
@@ -96,29 +138,31 @@ def check(meta: str = typer.Option(..., "--meta", help="CostMetadata JSON (Rust 
 
 @app.command()
 def replay(file: Path = typer.Argument(..., help="JSON lines; '-' for stdin"),
-           policies: Path = POLICIES, policy_id: str = POLICY_ID, rego_dir: Optional[Path] = REGO_DIR,
+           currency: Optional[str] = CURRENCY, rates: Optional[Path] = RATES, policies: Path = POLICIES, policy_id: str = POLICY_ID, rego_dir: Optional[Path] = REGO_DIR,
            engine: str = ENGINE, opa_url: Optional[str] = OPA_URL, ledger: str = LEDGER) -> None:
     """Run check/record/authorize/remaining/total_spent events, one JSON line out per event.
 
     Every line is validated before any is run: a bad line is reported as
     ``FILE:LINE: field: problem`` and nothing at all is recorded. A failure
     while running (e.g. the ledger) is ``FILE:LINE: op: cause``, exit 2;
-    the lines before it have run.
+    the lines before it have run. A line's ``"currency"`` (else ``--currency``)
+    names the currency of its ``cost_units``; ``--rates`` converts it.
     """
     from .replay import ReplayError, load_events, run_events
     from .text import TextError, decode_utf8
 
     name = "<stdin>" if str(file) == "-" else str(file)
+    oracle = _rates(rates)
     try:
         text = decode_utf8(sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes())
-        events = load_events(text, name)
+        events = load_events(text, name, currency=currency, currencies=_currencies(oracle))
     except OSError as exc:
         _fail(f"{name}:1: cannot read: {exc.strerror or exc}")
     except TextError as exc:
         _fail(f"{name}:{exc.line}: {exc.message}")
     except InputError as exc:
         _fail(str(exc))
-    guard = _guard(policies, policy_id, rego_dir, engine, opa_url, ledger)
+    guard = _guard(policies, policy_id, rego_dir, engine, opa_url, ledger, oracle)
     try:
         for out in run_events(guard, events, name):
             typer.echo(_dump(out))
@@ -156,12 +200,14 @@ def demo(policies: Path = POLICIES, policy_id: str = POLICY_ID,
 @app.command()
 def bundle(policies: Path = typer.Argument(Path("policies"), help="policy directory"),
            rego: Optional[Path] = typer.Argument(None, help="Rego directory (default: the one shipped in the package)"),
-           output: Path = typer.Option(Path("build/bundle.tar.gz"), "-o", "--output")) -> None:
+           output: Path = typer.Option(Path("build/bundle.tar.gz"), "-o", "--output"),
+           rates: Optional[Path] = RATES) -> None:
     """Write an OPA bundle (policies compiled to data + the Rego) for `opa run --server --bundle`."""
     from .bundle import write_bundle
 
+    currencies = _currencies(_rates(rates))
     try:
-        contents = write_bundle(policies, rego, output)
+        contents = write_bundle(policies, rego, output, currencies=currencies)
     except ChioBudgetError as exc:
         _fail(str(exc))
     typer.echo(f"wrote {output} (revision {contents.revision}, {len(contents.modules)} Rego module(s))", err=True)
@@ -172,25 +218,38 @@ def push(policies: Path = typer.Argument(Path("policies"), help="policy director
          rego: Optional[Path] = typer.Argument(None, help="Rego directory (default: the one shipped in the package)"),
          opa_url: Optional[str] = OPA_URL,
          token: Optional[str] = typer.Option(None, "--token", envvar="CHIO_OPA_TOKEN", help="bearer token"),
-         timeout: float = typer.Option(5.0, "--timeout", help="seconds per request")) -> None:
-    """PUT the compiled data and the Rego into a running OPA, then confirm the revision it serves."""
-    from .bundle import bundle_contents, push as push_to
-    from .engines.server import make_client
+         insecure: bool = typer.Option(False, "--insecure", help="allow credentials over plain http:// (warns)"),
+         timeout: float = typer.Option(5.0, "--timeout", help="seconds per request"),
+         rates: Optional[Path] = RATES) -> None:
+    """PUT the compiled data and the Rego into a running OPA, then confirm the revision it serves.
+
+    Credentials (``--token`` or ``user:pass@`` in the URL) are refused over
+    plain ``http://``, where anyone on the path could read them, unless
+    ``--insecure`` is given (then a warning is printed).
+    """
+    from .bundle import bundle_contents
+    from .engines.opa_http import cleartext_credentials, make_client, push as push_to, redact
 
     if not opa_url:
         _fail("--opa-url (or CHIO_OPA_URL) is required")
+    shown = redact(opa_url)
+    if cleartext_credentials(opa_url, token):
+        if not insecure:
+            _fail(f"--opa-url {shown}: credentials over plain http:// would travel unencrypted; "
+                  "use https:// or pass --insecure")
+        typer.echo(f"warning: sending credentials to {shown} over plain http:// (--insecure)", err=True)
     try:
-        contents = bundle_contents(policies, rego)
+        contents = bundle_contents(policies, rego, currencies=_currencies(_rates(rates)))
         client = make_client(opa_url, token=token, timeout=timeout)
     except ChioBudgetError as exc:
         _fail(str(exc))  # bad input: exit 2
     try:
-        revision = push_to(client, contents)
+        revision = push_to(client, contents.compiled, contents.modules)
     except ChioBudgetError as exc:
-        _fail(f"{opa_url}: {exc}", 1)  # the server refused or failed
+        _fail(f"{shown}: {exc}", 1)  # the server refused or failed
     finally:
         client.close_connection()
-    typer.echo(f"pushed to {opa_url}: revision {revision}")
+    typer.echo(f"pushed to {shown}: revision {revision}")
 
 
 @app.command()
@@ -206,6 +265,9 @@ def explain(decision_id: str = typer.Argument(..., help="decision_id from a deci
     if not events:
         _fail(f"{log}: no event with decision_id {decision_id!r}", 1)
     typer.echo(render_explain(events))
+
+
+cli_rates.register(app)
 
 
 def main() -> None:

@@ -19,6 +19,10 @@ class PolicyError(ChioBudgetError):
         super().__init__("\n".join(self.errors))
 
 
+class RatesError(PolicyError):
+    """A rates file (``rates.yaml``) is invalid; located like a ``PolicyError``."""
+
+
 class EngineError(ChioBudgetError):
     """OPA could not be set up (bad Rego, unreachable server at start-up).
 

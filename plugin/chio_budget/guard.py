@@ -16,6 +16,13 @@ dropping spend would under-count it.
 Only counters some limit reads are kept (``counter_keys``): a per-agent
 counter under a policy without an agent limit would grow with every new
 agent id and never be read.
+
+A cost may be a ``MonetaryAmount`` in any currency: it is converted into the
+policy currency first (``conversion.convert``, chio-link's rules), and the
+facts of the conversion go into the OPA input, where a missing, stale or
+overflowing rate is a policy deny. The policy, engine and rates form one
+``reload.Loaded`` that each decision reads once, so ``reload()`` can swap a
+new version in while decisions run.
 """
 
 from __future__ import annotations
@@ -23,109 +30,89 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
-from .compiler import data_document
+from .authorization import Authorization, Cost, Evaluation
+from .compiler import compile_policy
+from .conversion import Conversion, convert, settle_amount
 from .cost import CostMetadata
 from .decision import Decision
-from .engines import Engine, make_engine
-from .errors import AmountError, LedgerError, PolicyError
-from .ledger import Ledger, Reservation, Settlement, counter_key, open_ledger
+from .engines import Engine
+from .errors import AmountError, LedgerError
+from .ledger import Ledger, Reservation, counter_key, open_ledger
 from .ledger.base import check_ttl, key_order
 from .money import MonetaryAmount, U64_MAX, check_units
-from .policy import BudgetPolicy, load_policies
+from .policy import BudgetPolicy
+from .rates import RateOracle
+from .rates_file import open_rates
+from .reload import Loaded, ReloadError, Source
 
 CleanupHook = Callable[[str, Exception], None]
+__all__ = ["Authorization", "BudgetGuard", "Evaluation", "ReloadError"]
 
 
 def _as_meta(meta: CostMetadata | Mapping[str, Any]) -> CostMetadata:
     return meta if isinstance(meta, CostMetadata) else CostMetadata.model_validate(meta)
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """A decision with what produced it: the exact OPA ``input`` and the wall time of
-    ``engine.decide`` in ns (``input``/``eval_ns`` are None when OPA was not asked)."""
-
-    decision: Decision
-    input: dict[str, Any] | None = None
-    eval_ns: int | None = None
-
-
-@dataclass
-class Authorization:
-    """A decision plus the reservation that backs it while the call runs.
-
-    Allowed: the cost is held; ``commit`` turns it into spend (``actual_units``
-    replaces the estimate; past the TTL the ledger posts it once, as
-    ``committed_late``), ``release`` gives it back. Denied: nothing is held
-    and both are no-ops (``unknown``). Both are idempotent, and equally
-    valid from any process sharing the ledger (they act on the receipt id).
-    """
-
-    decision: Decision
-    receipt_id: str
-    estimate_units: int
-    _guard: "BudgetGuard" = field(repr=False)
-    input: dict[str, Any] | None = None
-    """The exact OPA input sent (None when OPA was not asked)."""
-    eval_ns: int | None = None
-    """Wall time of ``engine.decide``, in ns."""
-    attempt: str = ""
-    """This authorize call's token, stored with the reservation it created."""
-    _held: bool = field(default=False, repr=False)
-
-    @property
-    def allow(self) -> bool:
-        return self.decision.allow
-
-    def commit(self, actual_units: int | None = None) -> Settlement:
-        if not self._held:
-            return Settlement(self.receipt_id, "unknown")
-        return self._guard.ledger.commit(self.receipt_id, actual_units)
-
-    def release(self) -> Settlement:
-        if not self._held:
-            return Settlement(self.receipt_id, "unknown")
-        return self._guard.ledger.release(self.receipt_id)
-
-
 class BudgetGuard:
-    """One policy's guard. Thread-safe: engines and ledgers are.
+    """One policy's guard. Thread-safe: engines and ledgers are, and the policy is swapped whole.
 
-    ``event_hooks["cleanup_failed"]``: callables ``(receipt_id, exc)`` told
-    when a hold this guard tried to give back could not be (the chain member
-    turns that into a metric); ``orphan_cleanup_failures`` counts them.
+    ``rates``: a ``RateOracle`` or a path to ``rates.yaml`` (``rates_file``);
+    None converts nothing (a foreign cost is then denied ``rate_unavailable``).
+    ``clock`` (Unix seconds) is when a commit happens, for its staleness note.
+
+    ``event_hooks``: ``"cleanup_failed"`` callables ``(receipt_id, exc)``,
+    told when a hold this guard tried to give back could not be
+    (``orphan_cleanup_failures`` counts them); ``"reloaded"`` callables
+    ``(guard)`` after a reload swapped a new policy in; ``"reload_failed"``
+    callables ``(guard, exc)``.
     """
 
     def __init__(self, policy: BudgetPolicy, engine: Engine, ledger: Ledger | str | None = "memory", *,
-                 reservation_ttl: float | None = None):
-        self.policy = policy
-        self.engine = engine
+                 reservation_ttl: float | None = None, rates: RateOracle | str | Path | None = None,
+                 clock: Callable[[], float] = time.time):
+        self._loaded = Loaded(policy, engine, open_rates(rates), compile_policy(policy)["revision"])
+        self._source: Source | None = None
+        self._reload_lock = threading.Lock()
+        self._watcher: Any = None
         self.ledger = open_ledger(ledger)
         self.reservation_ttl = None if reservation_ttl is None else check_ttl(reservation_ttl, "reservation_ttl")
-        self.event_hooks: dict[str, list[CleanupHook]] = {"cleanup_failed": []}
+        self.clock = clock
+        self.event_hooks: dict[str, list[Callable[..., None]]] = {
+            "cleanup_failed": [], "reloaded": [], "reload_failed": []}
         self.orphan_cleanup_failures = 0
+        self.reloads = 0
+        self.reload_failures = 0
         self._failures_lock = threading.Lock()
         self._total_key = counter_key(policy.id, "total")
 
     @classmethod
     def from_files(cls, policies_dir: str | Path, policy_id: str = "default", rego_dir: str | Path | None = None,
-                   engine: str | Engine = "embedded", ledger: Ledger | str | None = "memory",
+                   engine: str | Engine = "embedded", ledger: Ledger | str | None = "memory", *,
+                   rates: RateOracle | str | Path | None = None, watch: bool = False, verify_tests: bool = False,
                    **options: Any) -> "BudgetGuard":
-        """Load YAML policies, compile them, start the engine, open the ledger.
+        """Load YAML policies (and ``rates``), compile them, start the engine, open the ledger.
 
-        Engine options (``opa_url``, ``token``, ``timeout``...) are passed to
-        the server engine; ``reservation_ttl`` to the guard.
+        Engine options (``opa_url``, ``token``, ``timeout``, ``push``...) go
+        to the server engine; ``reservation_ttl`` and ``clock`` to the guard.
+        The files are remembered for ``reload()``; ``watch=True`` reloads on
+        every change (``watch()``); ``verify_tests=True`` refuses a version
+        whose Rego tests fail, at start-up and on reload.
         """
-        policies = load_policies(policies_dir)
-        if policy_id not in policies:
-            raise PolicyError(f"{policies_dir}:1: policy_id: no policy {policy_id!r} (have: {', '.join(sorted(policies))})")
-        ttl = options.pop("reservation_ttl", None)
-        eng = engine if not isinstance(engine, str) else make_engine(engine, data_document(policies), rego_dir, **options)
-        return cls(policies[policy_id], eng, ledger, reservation_ttl=ttl)
+        ttl, clock = options.pop("reservation_ttl", None), options.pop("clock", time.time)
+        source = Source(Path(policies_dir), policy_id, None if rego_dir is None else Path(rego_dir),
+                        engine if isinstance(engine, str) else "given", options, rates, verify_tests)
+        # An engine object is used as is, and a reload cannot rebuild it.
+        loaded = source.load(None if isinstance(engine, str) else engine)
+        g = cls(loaded.policy, loaded.engine, ledger, reservation_ttl=ttl, rates=loaded.rates, clock=clock)
+        g._loaded = loaded
+        g._source = source if isinstance(engine, str) else None
+        if watch:
+            g.watch()
+        return g
 
     def __enter__(self) -> "BudgetGuard":
         return self
@@ -133,16 +120,80 @@ class BudgetGuard:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- the version in force ------------------------------------------------
+
+    @property
+    def policy(self) -> BudgetPolicy:
+        return self._loaded.policy
+
+    @property
+    def engine(self) -> Engine:
+        return self._loaded.engine
+
+    @engine.setter
+    def engine(self, engine: Engine) -> None:
+        self._loaded.engine = engine
+
+    @property
+    def rates(self) -> RateOracle | None:
+        return self._loaded.rates
+
+    @property
+    def policy_revision(self) -> str | None:
+        """Revision of the policy's compiled limits (what the decision's ``policy_revision`` says)."""
+        return self._loaded.policy_revision
+
+    @property
+    def rego_revision(self) -> str | None:
+        """Revision of the loaded Rego (None for an engine given as an object)."""
+        return self._loaded.rego_revision
+
+    @contextmanager
+    def _using(self) -> Iterator[Loaded]:
+        """The version in force, held for one decision (a reload waits to close it until we leave)."""
+        while True:
+            s = self._loaded
+            if s.enter():
+                break
+            if s is self._loaded:  # closed for good: the guard was closed; its engine denies
+                yield s
+                return
+        try:
+            yield s
+        finally:
+            s.leave()
+
+    def reload(self) -> None:
+        """Re-read policies, Rego and rates, compile, load a new engine, and swap it in.
+
+        Atomic: a decision runs wholly on the old version or wholly on the
+        new one; those in flight finish on the old, whose engine is closed
+        after them. Counters and held reservations are kept. On any failure
+        (YAML, rates, Rego parse/compile, Rego tests with ``verify_tests``,
+        an OPA server that never serves the new revision) the old version
+        stays and ``ReloadError`` (located) is raised and logged.
+        """
+        from .reload import reload_guard
+
+        reload_guard(self)
+
+    def watch(self, **options: Any) -> None:
+        """Reload whenever the policy files change (``watch.Watcher``; needs the ``[watch]`` extra)."""
+        from .reload import watch_guard
+
+        watch_guard(self, **options)
+
     # -- plumbing ------------------------------------------------------------
 
-    def counter_keys(self, meta: CostMetadata) -> dict[str, str]:
+    def counter_keys(self, meta: CostMetadata, policy: BudgetPolicy | None = None) -> dict[str, str]:
         """The ledger key of every counter some limit reads, by scope.
 
         ``total`` always; ``session`` when the policy has a session limit and
         the request a session; ``agent`` when it has an agent limit; ``tool``
         when the tool is listed in ``max_per_tool``.
         """
-        p, keys = self.policy, {"total": self._total_key}
+        p = policy or self.policy
+        keys = {"total": self._total_key}
         if p.max_per_session is not None and meta.session_id is not None:
             keys["session"] = counter_key(p.id, "session", meta.session_id)
         if p.max_per_agent is not None:
@@ -151,33 +202,48 @@ class BudgetGuard:
             keys["tool"] = counter_key(p.id, "tool", meta.tool_key)
         return keys
 
-    def _cost(self, cost: int | MonetaryAmount) -> int:
-        if isinstance(cost, MonetaryAmount):
-            if cost.currency != self.policy.currency:
-                raise AmountError(
-                    f"cost is in {cost.currency}; policy {self.policy.id!r} is in {self.policy.currency} "
-                    "(convert first with MonetaryAmount.convert)")
-            return cost.units
-        return check_units(cost, "cost_units")
+    @staticmethod
+    def _price(s: Loaded, meta: CostMetadata, cost: Cost) -> tuple[int, Conversion | None]:
+        """Units to hold and decide on, and the conversion when the cost is foreign.
 
-    def build_input(self, meta: CostMetadata, cost_units: int, totals: Mapping[str, int]) -> dict[str, Any]:
+        A failed conversion holds 0 and is denied by the Rego rules; bad
+        units raise ``AmountError`` before anything is recorded.
+        """
+        if isinstance(cost, MonetaryAmount):
+            if cost.currency == s.policy.currency:
+                return cost.units, None
+            c = convert(cost, s.policy.currency, s.rates, meta.timestamp)
+            return c.input_units, c
+        return check_units(cost, "cost_units"), None
+
+    @staticmethod
+    def build_input(meta: CostMetadata, cost_units: int, totals: Mapping[str, int | None], *,
+                    policy: BudgetPolicy, conversion: Conversion | None = None) -> dict[str, Any]:
         """The OPA input; a scope without a counter (no limit reads it) is ``null``."""
-        return {
-            "policy_id": self.policy.id,
+        inp = {
+            "policy_id": policy.id,
             "request": meta.request_input(),
-            "cost": {"units": cost_units, "currency": self.policy.currency},
+            "cost": {"units": cost_units, "currency": policy.currency},
             "totals": {scope: totals.get(scope) for scope in ("total", "session", "agent", "tool")},
         }
+        if conversion is not None:
+            inp["conversion"] = conversion.to_input()
+        return inp
 
-    def decide(self, meta: CostMetadata, cost_units: int, totals: Mapping[str, int]) -> Evaluation:
-        """Ask the engine, timing it; returns the decision with the input it was given."""
-        inp = self.build_input(meta, cost_units, totals)
+    def _decide(self, s: Loaded, meta: CostMetadata, cost_units: int, totals: Mapping[str, int | None],
+                conversion: Conversion | None = None) -> Evaluation:
+        inp = self.build_input(meta, cost_units, totals, policy=s.policy, conversion=conversion)
         t0 = time.perf_counter_ns()
-        decision = self.engine.decide(inp)
-        return Evaluation(decision, inp, time.perf_counter_ns() - t0)
+        decision = s.engine.decide(inp)
+        return Evaluation(decision, inp, time.perf_counter_ns() - t0, conversion, s.rego_revision)
 
-    def _deny(self, error: str) -> Decision:
-        return Decision.deny_error(error, self.policy.id)
+    def decide(self, meta: CostMetadata, cost_units: int, totals: Mapping[str, int | None]) -> Evaluation:
+        """Ask the engine in force, timing it; returns the decision with the input it was given."""
+        with self._using() as s:
+            return self._decide(s, meta, cost_units, totals)
+
+    def _deny(self, error: str, policy: BudgetPolicy | None = None) -> Decision:
+        return Decision.deny_error(error, (policy or self.policy).id)
 
     def _give_back(self, receipt_id: str, attempt: str) -> None:
         """Release what ``attempt`` created; a failure is counted and reported, never raised."""
@@ -192,28 +258,44 @@ class BudgetGuard:
                 except Exception:  # noqa: BLE001 - an observer must not turn a deny into a crash
                     pass
 
+    def _settle_units(self, auth: Authorization, actual: MonetaryAmount) -> int | None:
+        units, auth.commit_conversion = settle_amount(actual, auth.currency, auth.rates, auth.timestamp,
+                                                      int(self.clock()), auth.receipt_id, auth.estimate_units)
+        return units
+
     # -- the API -------------------------------------------------------------
 
-    def evaluate(self, meta: CostMetadata | Mapping[str, Any], cost_units: int | MonetaryAmount) -> Evaluation:
+    def evaluate(self, meta: CostMetadata | Mapping[str, Any], cost_units: Cost) -> Evaluation:
         """Would this cost fit now? Holds nothing; returns the decision, the input and the eval time."""
-        meta, cost = _as_meta(meta), self._cost(cost_units)
-        keys = self.counter_keys(meta)
-        try:
-            values = self.ledger.totals(list(keys.values()))
-        except LedgerError as exc:
-            return Evaluation(self._deny(f"ledger error: {exc}"))
-        return self.decide(meta, cost, dict(zip(keys, values)))
+        meta = _as_meta(meta)
+        with self._using() as s:
+            cost, conversion = self._price(s, meta, cost_units)
+            keys = self.counter_keys(meta, s.policy)
+            try:
+                values = self.ledger.totals(list(keys.values()))
+            except LedgerError as exc:
+                return Evaluation(self._deny(f"ledger error: {exc}", s.policy), conversion=conversion)
+            return self._decide(s, meta, cost, dict(zip(keys, values)), conversion)
 
-    def check(self, meta: CostMetadata | Mapping[str, Any], cost_units: int | MonetaryAmount) -> Decision:
+    def check(self, meta: CostMetadata | Mapping[str, Any], cost_units: Cost) -> Decision:
         """The Rust ``check``: ``evaluate(...).decision``."""
         return self.evaluate(meta, cost_units).decision
 
-    def record(self, meta: CostMetadata | Mapping[str, Any], cost_units: int | MonetaryAmount) -> None:
-        """Count spend that happened, without deciding (the Rust ``record``)."""
-        meta, cost = _as_meta(meta), self._cost(cost_units)
-        self.ledger.add(list(self.counter_keys(meta).values()), cost)
+    def record(self, meta: CostMetadata | Mapping[str, Any], cost_units: Cost) -> None:
+        """Count spend that happened, without deciding (the Rust ``record``).
 
-    def authorize(self, meta: CostMetadata | Mapping[str, Any], cost_units: int | MonetaryAmount, *,
+        A foreign amount is converted first; with no usable rate (or past
+        2^64-1) it raises ``AmountError`` rather than count a wrong number.
+        """
+        meta = _as_meta(meta)
+        with self._using() as s:
+            cost, conversion = self._price(s, meta, cost_units)
+            if conversion is not None and conversion.status != "ok":
+                raise AmountError(f"cannot record {conversion.original.units} {conversion.original.currency}: "
+                                  f"{conversion.reason}")
+            self.ledger.add(list(self.counter_keys(meta, s.policy).values()), cost)
+
+    def authorize(self, meta: CostMetadata | Mapping[str, Any], cost_units: Cost, *,
                   book: Mapping[str, Any] | None = None) -> Authorization:
         """Reserve, decide, and release at once if denied (atomic under concurrency).
 
@@ -221,31 +303,43 @@ class BudgetGuard:
         holds a reservation for the same counters decides on that reservation
         again (at its amount). The receipt held for other counters, or
         already settled, is a deny. ``book`` (a JSON object) is stored with
-        the reservation, for whoever settles it (``ledger.get``).
+        the reservation, for whoever settles it (``ledger.get``). A foreign
+        cost holds its converted units.
         """
-        meta, cost = _as_meta(meta), self._cost(cost_units)
-        keys = self.counter_keys(meta)
+        meta = _as_meta(meta)
+        with self._using() as s:
+            return self._authorize(s, meta, cost_units, book)
+
+    def _authorize(self, s: Loaded, meta: CostMetadata, cost_units: Cost,
+                   book: Mapping[str, Any] | None) -> Authorization:
+        cost, conversion = self._price(s, meta, cost_units)
+        keys = self.counter_keys(meta, s.policy)
         attempt = uuid.uuid4().hex
         rid = meta.receipt_id
+
+        def auth(decision: Decision, amount: int, e: Evaluation | None = None, held: bool = False) -> Authorization:
+            return Authorization(decision, rid, amount, self, e and e.input, e and e.eval_ns, attempt, held,
+                                 conversion, s.rego_revision, meta.timestamp, None, s.rates, s.policy.currency)
+
         try:
             r: Reservation = self.ledger.reserve(rid, list(keys.values()), cost, self.reservation_ttl,
                                                  book=book, attempt=attempt)
         except LedgerError as exc:  # it may have run (a lost reply): give back only what this attempt made
             self._give_back(rid, attempt)
-            return Authorization(self._deny(f"ledger error: {exc}"), rid, cost, self, attempt=attempt)
+            return auth(self._deny(f"ledger error: {exc}", s.policy), cost)
         if r.state != "held":
-            return Authorization(self._deny(f"receipt {rid!r} was already {r.state}"), rid, cost, self,
-                                 attempt=attempt)
+            return auth(self._deny(f"receipt {rid!r} was already {r.state}", s.policy), cost)
         if r.keys != key_order(keys.values()):
-            return Authorization(self._deny(f"receipt {rid!r} is already held for a different request"), rid, cost,
-                                 self, attempt=attempt)
+            return auth(self._deny(f"receipt {rid!r} is already held for a different request", s.policy), cost)
         before = dict(zip(r.keys, r.before))
-        e = self.decide(meta, r.amount, {scope: before[k] for scope, k in keys.items()})
+        if conversion is not None and conversion.units is not None and r.amount != conversion.units:
+            conversion = None  # a retry decides on the reservation already held, at its amount
+        e = self._decide(s, meta, r.amount, {scope: before[k] for scope, k in keys.items()}, conversion)
         if not e.decision.allow:
             if r.created:
                 self._give_back(rid, attempt)
-            return Authorization(e.decision, rid, cost, self, e.input, e.eval_ns, attempt)
-        return Authorization(e.decision, rid, r.amount, self, e.input, e.eval_ns, attempt, _held=True)
+            return auth(e.decision, cost, e)
+        return auth(e.decision, r.amount, e, held=True)
 
     def total_spent(self) -> int:
         """Posted spend across the policy (the Rust ``total_spent``); held reservations are not in it."""
@@ -261,7 +355,10 @@ class BudgetGuard:
         return max(self.policy.max_total.units - min(b.spent + b.held, U64_MAX), 0)
 
     def close(self) -> None:
+        """Stop watching, close the engine in force and the ledger."""
         try:
-            self.engine.close()
+            if self._watcher is not None:
+                self._watcher.stop()
+            self._loaded.close()
         finally:
             self.ledger.close()

@@ -23,6 +23,10 @@ Metric names (namespace ``chio_budget``):
   ``chio_budget_over_estimate_total{policy_id}``.
 - ``chio_budget_shadow_disagreements_total{policy_id,shadow_policy_id}``.
 - ``chio_budget_decision_log_errors_total``.
+- ``chio_budget_policy_revision_info{policy_id,policy_revision,rego_revision}``
+  - 1 for the version in force (one series per policy: a reload replaces it),
+  with ``chio_budget_policy_loaded_timestamp_seconds{policy_id}`` and
+  ``chio_budget_reloads_total{policy_id,outcome}`` (``ok`` | ``failed``).
 - ``chio_budget_label_values_folded_total{label}`` - observations whose
   label value was folded into ``other`` because the cap was reached.
 
@@ -121,6 +125,14 @@ class BudgetMetrics:
                                             ["policy_id", "shadow_policy_id"], namespace=ns, registry=r)
         self.log_errors = Counter("decision_log_errors", "Decision-log writes that failed",
                                   namespace=ns, registry=r)
+        self.policy_info = Gauge("policy_revision_info", "The policy version in force (value 1)",
+                                 ["policy_id", "policy_revision", "rego_revision"], namespace=ns, registry=r)
+        self.policy_loaded = Gauge("policy_loaded_timestamp_seconds", "When the version in force was loaded",
+                                   ["policy_id"], namespace=ns, registry=r)
+        self.reloads = Counter("reloads", "Policy reloads by outcome", ["policy_id", "outcome"],
+                               namespace=ns, registry=r)
+        self._in_force: dict[str, tuple[str, str]] = {}
+        self._info_lock = threading.Lock()
 
     # -- recording (called by the chain guard) ------------------------------
 
@@ -138,6 +150,21 @@ class BudgetMetrics:
             self.violations.labels(policy_id, cap(v.scope)).inc()
         if eval_seconds is not None:
             self.eval_seconds.labels(policy_id, engine).observe(eval_seconds)
+
+    def set_policy(self, policy_id: str, policy_revision: str | None, rego_revision: str | None,
+                   loaded_at: float) -> None:
+        """The version in force for ``policy_id``: its info series replaces the previous one."""
+        labels = (policy_revision or "", rego_revision or "")
+        with self._info_lock:
+            old = self._in_force.get(policy_id)
+            if old is not None and old != labels:
+                self.policy_info.remove(policy_id, *old)
+            self._in_force[policy_id] = labels
+            self.policy_info.labels(policy_id, *labels).set(1)
+        self.policy_loaded.labels(policy_id).set(loaded_at)
+
+    def observe_reload(self, policy_id: str, ok: bool) -> None:
+        self.reloads.labels(policy_id, "ok" if ok else "failed").inc()
 
     def set_open(self, policy_id: str, n: int) -> None:
         self.reservations_open.labels(policy_id).set(n)

@@ -17,6 +17,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from . import yamlsafe
+from .currencies import DEFAULT_CURRENCIES, CurrencyRegistry
 from .errors import PolicyError
 from .money import U64_MAX, Currency, MonetaryAmount
 from .text import TextError, decode_utf8, lone_surrogate, read_limited, shorten
@@ -94,8 +96,10 @@ class BudgetPolicy(BaseModel):
                 out.append(((name, key), amount))
         return out
 
-    def currency_errors(self) -> list[tuple[tuple[str, ...], str]]:
-        return [
+    def currency_errors(self, currencies: CurrencyRegistry = DEFAULT_CURRENCIES) -> list[tuple[tuple[str, ...], str]]:
+        """A policy currency without a scale, and every limit in another currency."""
+        unknown = [] if self.currency in currencies else [(("currency",), currencies.unknown(self.currency))]
+        return unknown + [
             (path + ("currency",), f"limit is in {a.currency} but the policy currency is {self.currency}")
             for path, a in self.amounts()
             if a.currency != self.currency
@@ -111,49 +115,8 @@ MAX_POLICY_BYTES = 1 << 20
 MAX_DEPTH = 64
 """Deepest YAML nesting accepted; the top-level mapping is level 1."""
 
-_INT_TAG = "tag:yaml.org,2002:int"
-_NULL_TAG = "tag:yaml.org,2002:null"
 _PLAIN_DECIMAL = re.compile(r"0|-?[1-9][0-9]*")
-_NO_ANCHORS = "anchors and aliases are not allowed in a budget policy (write the value out)"
-_TOO_LARGE = "1 MiB"
-
-
-class _Refused(yaml.YAMLError):
-    """Raised while composing: the document uses something a policy may not."""
-
-    def __init__(self, mark: yaml.Mark, message: str):
-        super().__init__(message)
-        self.line = mark.line + 1
-        self.message = message
-
-
-class _PolicyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, composing with two refusals.
-
-    Anchors and aliases are refused outright (budgets have no use for them,
-    and they are how a 371-byte file expands into 387 million nodes); nesting
-    is cut at ``MAX_DEPTH`` because the composer recurses once per level (500
-    levels used to be a ``RecursionError``). Both are refused when met, before
-    anything is expanded or built.
-    """
-
-    def __init__(self, text: str):
-        super().__init__(text)
-        self._depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent):
-            raise _Refused(event.start_mark, f"YAML alias *{event.anchor}: {_NO_ANCHORS}")
-        if event.anchor is not None:
-            raise _Refused(event.start_mark, f"YAML anchor &{event.anchor}: {_NO_ANCHORS}")
-        if self._depth >= MAX_DEPTH:
-            raise _Refused(event.start_mark, f"nesting deeper than {MAX_DEPTH} levels")
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
+_TOO_LARGE = yamlsafe.size_label(MAX_POLICY_BYTES)
 
 
 def _money_path(path: tuple) -> tuple | None:
@@ -204,7 +167,7 @@ class _Located:
         if bad:
             return self.refuse(node, path, path, f"lone surrogate {bad} is not valid Unicode")
         money = _money_path(path)
-        if money is not None and node.tag != _NULL_TAG:
+        if money is not None and node.tag != yamlsafe.NULL_TAG:
             return self._units(node, path, money)
         try:
             return self.loader.construct_object(node)
@@ -231,24 +194,13 @@ class _Located:
 
     def _units(self, node: yaml.ScalarNode, path: tuple, where: tuple) -> int | None:
         text = node.value
-        if node.tag == _INT_TAG and node.style is None and _PLAIN_DECIMAL.fullmatch(text):
+        if node.tag == yamlsafe.INT_TAG and node.style is None and _PLAIN_DECIMAL.fullmatch(text):
             if len(text.lstrip("-")) <= len(str(U64_MAX)):
                 return int(text)
             bound = "must be >= 0" if text.startswith("-") else f"must be <= 2^64-1 ({U64_MAX})"
             return self.refuse(node, path, where, f"{bound}, got {shorten(text)}")
         return self.refuse(node, path, where,
-                           f"must be a plain decimal integer of minor units, got {self._written(node)}")
-
-    def _written(self, node: yaml.ScalarNode) -> str:
-        """The scalar roughly as the operator typed it: quotes and an explicit tag kept."""
-        text = shorten(node.value)
-        if node.style in ("'", '"'):
-            text = f"{node.style}{text}{node.style}"
-        implicit = self.loader.resolve(yaml.ScalarNode, node.value, (node.style is None, node.style is not None))
-        if node.tag != implicit:
-            tag = node.tag.replace("tag:yaml.org,2002:", "!!", 1)
-            text = f"{tag} {text}"
-        return text
+                           f"must be a plain decimal integer of minor units, got {yamlsafe.written(node, self.loader)}")
 
     def line_of(self, path: tuple) -> int:
         while path and path not in self.lines:
@@ -273,28 +225,24 @@ def _pydantic_path(loc: tuple) -> tuple:
 
 
 def _compose(text: str, source: str) -> tuple[Any, _Located]:
-    """YAML text -> (plain value, locations); ``PolicyError`` for what is not a policy document."""
-    if len(text) > MAX_POLICY_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_POLICY_BYTES:
-        raise PolicyError(f"{source}:1: file is larger than {_TOO_LARGE} ({MAX_POLICY_BYTES} bytes)")
-    loader = _PolicyLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            raise PolicyError(f"{source}:1: empty policy file")
-        loc = _Located(loader)
-        return loc.build(node), loc
-    except _Refused as exc:
-        raise PolicyError(f"{source}:{exc.line}: {exc.message}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError(f"{source}:{mark.line + 1 if mark else 1}: invalid YAML: {problem}") from None
-    finally:
-        loader.dispose()
+    """YAML text -> (plain value, locations); ``PolicyError`` for what is not a policy document.
+
+    Bounded by ``yamlsafe``: no anchors or aliases (they are how a 371-byte
+    file expands into 387 million nodes), at most ``MAX_DEPTH`` levels, at
+    most ``MAX_POLICY_BYTES``.
+    """
+    node, loader = yamlsafe.compose(text, source, what="a budget policy", noun="policy file", error=PolicyError,
+                                    max_bytes=MAX_POLICY_BYTES, max_depth=MAX_DEPTH)
+    loc = _Located(loader)
+    return loc.build(node), loc
 
 
-def parse_policy(text: str, source: str = "<string>", default_id: str | None = None) -> BudgetPolicy:
+def parse_policy(text: str, source: str = "<string>", default_id: str | None = None, *,
+                 currencies: CurrencyRegistry = DEFAULT_CURRENCIES) -> BudgetPolicy:
     """Parse one policy document; ``PolicyError`` lists every problem located.
+
+    The policy ``currency`` must have a scale in ``currencies`` (the
+    kernel's, ISO 4217's, and the units ``rates.yaml`` declares).
 
     Bounded: at most ``MAX_POLICY_BYTES`` of text, ``MAX_DEPTH`` levels, no
     anchors or aliases, so reading a hostile file costs time and memory in
@@ -320,14 +268,14 @@ def parse_policy(text: str, source: str = "<string>", default_id: str | None = N
                 msg = "required"
             errors.append(f"{source}:{loc.line_of(path)}: {format_path(path) or '<document>'}: {msg}")
         raise PolicyError(errors) from None
-    for path, msg in policy.currency_errors():
+    for path, msg in policy.currency_errors(currencies):
         errors.append(f"{source}:{loc.line_of(path)}: {format_path(path)}: {msg}")
     if errors:
         raise PolicyError(errors)
     return policy
 
 
-def load_policy_file(path: str | Path) -> BudgetPolicy:
+def load_policy_file(path: str | Path, *, currencies: CurrencyRegistry = DEFAULT_CURRENCIES) -> BudgetPolicy:
     """One policy file (at most ``MAX_POLICY_BYTES``, UTF-8); its id defaults to the file's stem."""
     path = Path(path)
     try:
@@ -336,7 +284,7 @@ def load_policy_file(path: str | Path) -> BudgetPolicy:
         raise PolicyError(f"{path}:{exc.line}: {exc.message}") from None
     except OSError as exc:
         raise PolicyError(f"{path}:1: cannot read: {exc.strerror or exc}") from None
-    return parse_policy(text, source=str(path), default_id=path.stem)
+    return parse_policy(text, source=str(path), default_id=path.stem, currencies=currencies)
 
 
 def policy_files(directory: str | Path) -> list[Path]:
@@ -348,7 +296,8 @@ def policy_files(directory: str | Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
-def load_policies(directory: str | Path) -> dict[str, BudgetPolicy]:
+def load_policies(directory: str | Path, *,
+                  currencies: CurrencyRegistry = DEFAULT_CURRENCIES) -> dict[str, BudgetPolicy]:
     """Every policy under ``directory`` (one per file), keyed by id.
 
     Errors of all files are collected into one ``PolicyError``; a duplicate
@@ -362,7 +311,7 @@ def load_policies(directory: str | Path) -> dict[str, BudgetPolicy]:
         raise PolicyError(f"{directory}:1: no policy files (*.yaml, *.yml)")
     for f in files:
         try:
-            p = load_policy_file(f)
+            p = load_policy_file(f, currencies=currencies)
         except PolicyError as exc:
             errors.extend(exc.errors)
             continue

@@ -19,6 +19,9 @@ from typing import Any
 
 from opa_bindings import OpaEngine, OpaError
 
+from .errors import EngineError
+from .rego_files import rego_modules
+
 
 @dataclass
 class RegoTest:
@@ -58,18 +61,17 @@ def _ast_package(ast: dict) -> list[str]:
 
 def run(directory: str | Path, *, coverage: bool = False) -> RegoRun:
     root = Path(directory)
-    files = sorted(root.rglob("*.rego")) if root.is_dir() else [root]
     result = RegoRun()
-    if not files:
-        result.errors.append(f"{root}: no .rego files")
+    try:
+        sources = rego_modules(root, include_tests=True, full_paths=True)
+    except EngineError as exc:
+        result.errors.append(str(exc))
         return result
     opa = OpaEngine()
     opa.print_handler = lambda _m, _l: None
     try:
         discovered: list[RegoTest] = []
-        for f in files:
-            name = f.as_posix()
-            src = f.read_text(encoding="utf-8")
+        for name, src in sources.items():
             try:
                 ast = opa.eval_query("m := rego.parse_module(input.name, input.src)", {"name": name, "src": src})[0]["m"]
                 opa.add_policy(name, src)

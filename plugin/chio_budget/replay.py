@@ -21,8 +21,9 @@ from typing import Any, Iterator
 from pydantic import ValidationError
 
 from .cost import CostMetadata
+from .currencies import DEFAULT_CURRENCIES, CurrencyRegistry, check_code
 from .errors import ChioBudgetError, InputError
-from .money import check_units
+from .money import MonetaryAmount, check_units
 from .policy import format_path
 from .text import lone_surrogate
 
@@ -38,7 +39,7 @@ class ReplayError(ChioBudgetError):
 class Event:
     op: str
     meta: CostMetadata | None
-    cost_units: int | None
+    cost_units: int | MonetaryAmount | None  # an amount when the line (or --currency) names a currency
     line: int
 
 
@@ -128,10 +129,10 @@ def parse_meta(obj: Any, where: str, prefix: tuple = ()) -> CostMetadata:
         raise InputError(f"{where}: {path}: {e['msg'].removeprefix('Value error, ')}") from None
 
 
-def _event(obj: Any, where: str, line: int) -> Event:
+def _event(obj: Any, where: str, line: int, currency: str | None, currencies: CurrencyRegistry) -> Event:
     if not isinstance(obj, dict):
         raise InputError(f"{where}: <line>: must be a JSON object")
-    unknown = set(obj) - {"op", "meta", "cost_units"}
+    unknown = set(obj) - {"op", "meta", "cost_units", "currency"}
     if unknown:
         raise InputError(f"{where}: {sorted(unknown)[0]}: unknown field")
     op = obj.get("op")
@@ -146,19 +147,28 @@ def _event(obj: Any, where: str, line: int) -> Event:
     meta = parse_meta(obj["meta"], where, ("meta",))
     try:
         cost = check_units(obj["cost_units"], "cost_units")
+        code = obj.get("currency", currency)
+        if code is not None:
+            currencies.scale(check_code(code))
     except ValueError as exc:
         raise InputError(f"{where}: {exc}") from None
-    return Event(op, meta, cost, line)
+    return Event(op, meta, cost if code is None else MonetaryAmount(units=cost, currency=code), line)
 
 
-def load_events(text: str, name: str) -> list[Event]:
-    """Parse and validate every line; ``InputError`` names the first bad one."""
+def load_events(text: str, name: str, *, currency: str | None = None,
+                currencies: CurrencyRegistry = DEFAULT_CURRENCIES) -> list[Event]:
+    """Parse and validate every line; ``InputError`` names the first bad one.
+
+    ``cost_units`` are in the policy currency, unless the line has a
+    ``"currency"`` (or ``currency`` is given for every line): then they are
+    that currency's minor units, which must have a scale in ``currencies``.
+    """
     events = []
     for n, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         where = f"{name}:{n}"
-        events.append(_event(parse_json(raw, where), where, n))
+        events.append(_event(parse_json(raw, where), where, n, currency, currencies))
     return events
 
 
@@ -172,6 +182,8 @@ def _run_one(guard: Any, ev: Event) -> dict[str, Any]:
         return auth.decision.to_json_dict()
     if ev.op == "record":
         guard.record(ev.meta, ev.cost_units)
+        if isinstance(ev.cost_units, MonetaryAmount):
+            return {"recorded": ev.cost_units.units, "currency": ev.cost_units.currency}
         return {"recorded": ev.cost_units}
     if ev.op == "remaining":
         return {"remaining": guard.remaining()}

@@ -1,19 +1,21 @@
 """What the guard sees of OPA: ``decide(input) -> Decision``, nothing more.
 
-Engines differ only in where OPA runs. They load the Rego and the compiled
-data once, up front (``EngineError`` if that fails), and never raise from
-``decide``: every failure there is a deny with the cause in
-``Decision.error``. They are safe to share between threads.
+Engines differ only in where OPA runs. They take the compiled policies as a
+``compiler.Compiled`` and load the Rego once, up front (``EngineError`` if
+that fails), and never raise from ``decide``: every failure there is a deny
+with the cause in ``Decision.error``. They are safe to share between
+threads, and close with ``close()`` or a ``with`` block.
 """
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..decision import Decision
-from ..errors import EngineError
+# Rego files are read in one place (rego_files); these names stay importable from here.
+from ..rego_files import default_rego_dir, rego_modules
+
+__all__ = ["Engine", "default_rego_dir", "rego_modules"]
 
 
 @runtime_checkable
@@ -25,27 +27,3 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def default_rego_dir() -> Path:
-    """The ``rego/`` shipped inside the installed package."""
-    return Path(str(resources.files("chio_budget") / "rego"))
-
-
-def rego_modules(rego_dir: str | Path | None = None, *, include_tests: bool = False) -> dict[str, str]:
-    """``{relative path: source}`` of every ``.rego`` file under ``rego_dir``.
-
-    Test modules (``*_test.rego``) are left out of the engines: they are for
-    ``opa test`` and would only slow compilation.
-    """
-    root = Path(rego_dir) if rego_dir is not None else default_rego_dir()
-    if not root.is_dir():
-        raise EngineError(f"{root}: no such Rego directory")
-    out: dict[str, str] = {}
-    for path in sorted(root.rglob("*.rego")):
-        if not include_tests and path.name.endswith("_test.rego"):
-            continue
-        out[path.relative_to(root).as_posix()] = path.read_text(encoding="utf-8")
-    if not out:
-        raise EngineError(f"{root}: no .rego files")
-    return out

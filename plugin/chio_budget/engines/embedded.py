@@ -12,10 +12,10 @@ from typing import Any, Mapping
 
 from opa_bindings import OpaEngine, OpaError, OpaUndefinedError
 
-from ..compiler import DECISION_PATH
+from ..compiler import DECISION_PATH, Compiled, as_compiled
 from ..decision import Decision
 from ..errors import EngineError
-from .base import default_rego_dir, rego_modules
+from ..rego_files import rego_modules
 
 _DOCUMENT = DECISION_PATH.replace("/", ".")
 
@@ -23,20 +23,23 @@ _DOCUMENT = DECISION_PATH.replace("/", ".")
 class EmbeddedEngine:
     name = "embedded"
 
-    def __init__(self, data: Mapping[str, Any], rego_dir: str | Path | None = None,
+    def __init__(self, compiled: Compiled | Mapping[str, Any], rego_dir: str | Path | None = None,
                  modules: Mapping[str, str] | None = None):
-        """``data`` is the whole data document (``compiler.data_document``)."""
+        """``compiled`` is ``compiler.compile_all(policies)`` (a whole data document is read into one).
+
+        ``modules`` (``{name: source}``) replaces reading ``rego_dir``.
+        """
+        compiled = as_compiled(compiled)
+        if modules is None:
+            # Module names are real paths, so Rego errors point at files.
+            modules = rego_modules(rego_dir, full_paths=True)
         self._opa = OpaEngine()
         self._opa.print_handler = lambda _msg, _loc: None
-        self._policy_ids = set(data.get("chio", {}).get("budget", {}).get("policies", {}))
+        self._policy_ids = set(compiled.policy_ids)
         try:
-            if modules is None:
-                # Module names are real paths, so Rego errors point at files.
-                root = Path(rego_dir) if rego_dir is not None else default_rego_dir()
-                modules = {str(root / rel): src for rel, src in rego_modules(root).items()}
             for path, src in modules.items():
                 self._opa.add_policy(path, src)
-            self._opa.add_data(dict(data))
+            self._opa.add_data(compiled.document)
             # Compile now so a Rego error surfaces at start-up, not on a call.
             self._opa.eval_query("x := data.chio.budget.decision")
         except OpaError as exc:
@@ -58,3 +61,9 @@ class EmbeddedEngine:
 
     def close(self) -> None:
         self._opa.close()
+
+    def __enter__(self) -> "EmbeddedEngine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,15 +1,20 @@
-"""OPA as a server (``opa run --server``), queried with opa-python-client.
+"""OPA as a server (``opa run --server``), asked over HTTP.
 
 The production shape OPA recommends: a sidecar or host daemon holding the
 Rego and the compiled data (loaded from ``chio-budget bundle`` or written by
 ``chio-budget push``); the guard POSTs ``{"input": ...}`` to
-``/v1/data/chio/budget/decision``.
+``/v1/data/chio/budget/decision``. All HTTP is in ``opa_http``; this module
+holds what the guard promises about it.
 
 Promises:
 
-* One ``OpaClient`` (one ``requests`` session and its connection pool) per
+* One client (one ``requests`` session and its connection pool) per
   engine, reused by every decision; ``decide`` is safe to call from many
   threads at once (the pool is sized by ``pool_size``).
+* ``timeout`` bounds each decision as a whole - connect, send and every
+  read, plus the look-up that names why a decision was undefined - not each
+  socket operation: past it the connection is cut and the decision is a
+  deny whose error starts ``engine error: timeout``.
 * ``decide`` never raises. A refused or dropped connection, a timeout, an
   HTTP 4xx/5xx, ``{}`` (the decision is undefined), a result that is not the
   decision shape, a policy the server does not have, or a decision computed
@@ -21,129 +26,55 @@ Promises:
   for every policy, for at most ``ready_timeout`` seconds; otherwise it
   raises ``EngineError`` saying which of the two never happened. With
   ``push=True`` it first pushes the data and Rego itself.
-* Retries (``retries``, urllib3's) apply only to setting up a connection:
-  a decision request that reached OPA is never sent twice.
+* Retries (``retries``) apply only to setting up a connection, at once
+  (no back-off, so they stay inside the deadline): a decision request that
+  reached OPA is never sent twice.
+* ``user:pass@`` in ``opa_url`` never appears in a message (``url`` is
+  the redacted form).
 """
 
 from __future__ import annotations
 
-import http.client
 import os
-import socket
-import time
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit
 
-import requests
-from opa_client import OpaClient
-from opa_client.errors import PolicyNotFoundError
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
-
-from ..compiler import DATA_ROOT, DECISION_PATH
+from ..compiler import DECISION_PATH, Compiled, as_compiled
 from ..decision import Decision
 from ..errors import EngineError
-
-_PACKAGE = ".".join(DATA_ROOT)  # "chio.budget"
-_RULE = DECISION_PATH.rsplit("/", 1)[1]  # "decision"
-_POLICIES = "/".join(DATA_ROOT) + "/policies"
-
-
-def describe_error(exc: BaseException) -> str:
-    """A short, specific cause for a failed HTTP exchange with OPA (for logs and denies)."""
-    if isinstance(exc, requests.Timeout):
-        return "timeout" + (" connecting" if isinstance(exc, requests.ConnectTimeout) else " waiting for OPA")
-    if isinstance(exc, requests.HTTPError) and exc.response is not None:
-        r = exc.response
-        try:
-            body = r.json()
-            detail = f"{body.get('code', '')}: {body.get('message', '')}".strip(": ")
-        except Exception:
-            detail = r.text[:200].strip()
-        return f"HTTP {r.status_code}" + (f" ({detail})" if detail else "")
-    if isinstance(exc, requests.ConnectionError):
-        seen: set[int] = set()
-        stack: list[Any] = [exc]
-        while stack:
-            e = stack.pop()
-            if id(e) in seen or not isinstance(e, BaseException):
-                continue
-            seen.add(id(e))
-            if isinstance(e, ConnectionRefusedError):
-                return "connection refused"
-            if isinstance(e, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
-                return "connection closed by OPA before it answered"
-            if isinstance(e, socket.gaierror):
-                return f"cannot resolve host: {e}"
-            stack.extend([e.__cause__, e.__context__, getattr(e, "reason", None), *e.args])
-        return f"connection failed: {exc}"
-    if isinstance(exc, ValueError) and "json" in type(exc).__name__.lower():
-        return "malformed response: not JSON"
-    expression, message = getattr(exc, "expression", None), getattr(exc, "message", None)
-    if expression is not None or message is not None:
-        return f"{type(exc).__name__}: {expression}: {message}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def make_client(opa_url: str, *, token: str | None = None, cert: str | tuple[str, str] | None = None,
-                ca_bundle: str | None = None, timeout: float = 1.5, retries: int = 2,
-                pool_size: int = 16) -> OpaClient:
-    """An ``OpaClient`` for ``opa_url`` (``http[s]://host[:port]``).
-
-    ``cert`` is a client certificate (a PEM path holding cert and key, or a
-    ``(cert, key)`` pair) for mutual TLS; ``ca_bundle`` a CA file to verify
-    the server with (https only; default: the system's CAs). One wrap of the
-    client: its session's adapter is re-mounted with a pool of ``pool_size``
-    connections (the client's default of 10 would open and drop connections
-    beyond that under concurrency), keeping the client's retry settings.
-    """
-    url = urlsplit(opa_url)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise EngineError(f"--opa-url {opa_url!r}: expected http://host:port or https://host:port")
-    if url.path not in ("", "/") or url.query:
-        raise EngineError(f"--opa-url {opa_url!r}: OPA's API is served at the root; remove the path")
-    https = url.scheme == "https"
-    if ca_bundle and not https:
-        raise EngineError(f"--opa-url {opa_url!r}: a CA bundle needs an https URL")
-    host = url.hostname if ":" not in url.hostname else f"[{url.hostname}]"
-    try:
-        port = url.port or (443 if https else 80)
-    except ValueError:
-        raise EngineError(f"--opa-url {opa_url!r}: bad port") from None
-    client = OpaClient(host=host, port=port, ssl=(ca_bundle or True) if https else False, cert=cert,
-                       token=token, timeout=timeout, retries=retries)
-    retry = Retry(total=retries, backoff_factor=0.3, status_forcelist=(500, 502, 504), raise_on_status=False)
-    adapter = HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=pool_size)
-    client._session.mount("http://", adapter)
-    client._session.mount("https://", adapter)
-    return client
+from ..rego_files import rego_modules
+from . import opa_http
+from .deadline import Watchdog
 
 
 class ServerEngine:
     name = "server"
 
-    def __init__(self, client: OpaClient, data: Mapping[str, Any], *, url: str = "",
+    def __init__(self, client: Any, compiled: Compiled | Mapping[str, Any], *, url: str = "",
                  ready_timeout: float = 10.0, verify_revision: bool = True):
-        """``data`` is the whole data document this guard compiled (``compiler.data_document``).
+        """``client`` from ``opa_http.make_client``; ``compiled`` is what this guard compiled
+        (``compiler.compile_all``; a whole data document is read into one).
 
         Waits for the server (see the module docstring); ``EngineError`` if
         it never becomes ready. The engine owns ``client`` and closes it.
         """
         self._client = client
-        self.url = url or client.root_url
+        self.url = opa_http.redact(url or client.root_url)
         self.timeout = client.timeout
         self.verify_revision = verify_revision
-        policies = data.get(DATA_ROOT[0], {}).get(DATA_ROOT[1], {}).get("policies", {})
-        self.revisions: dict[str, str] = {pid: p.get("revision") for pid, p in policies.items()}
+        self.revisions: dict[str, str | None] = dict(as_compiled(compiled).revisions)
+        self._also: dict[str, str | None] = {}  # a reload's revisions, while the guard switches over
         try:
-            self._wait_until_ready(ready_timeout)
+            self._watchdog = Watchdog(client.timeout)
+            opa_http.wait_healthy(client, self.url, ready_timeout)
+            if verify_revision:
+                opa_http.wait_for_revisions(client, self.url, self.revisions, ready_timeout)
         except BaseException:
             client.close_connection()
             raise
 
     @classmethod
-    def from_options(cls, data: Mapping[str, Any], rego_dir: str | Path | None = None, opa_url: str | None = None,
+    def from_options(cls, compiled: Compiled, rego_dir: str | Path | None = None, opa_url: str | None = None,
                      *, token: str | None = None, cert: str | tuple[str, str] | None = None,
                      ca_bundle: str | None = None, timeout: float = 1.5, retries: int = 2, pool_size: int = 16,
                      ready_timeout: float | None = None, verify_revision: bool = True, push: bool = False,
@@ -151,8 +82,8 @@ class ServerEngine:
         """What ``make_engine("server", ...)`` calls. ``opa_url`` defaults to env ``CHIO_OPA_URL``,
         ``ready_timeout`` to env ``CHIO_OPA_READY_TIMEOUT``, else 10 seconds.
 
-        ``push=True`` uploads ``data`` and the Rego of ``rego_dir`` before
-        waiting (handy for a bare ``opa run --server``); otherwise
+        ``push=True`` uploads the compiled data and the Rego of ``rego_dir``
+        before waiting (handy for a bare ``opa run --server``); otherwise
         ``rego_dir`` is unused: the server's Rego is whatever it loaded.
         """
         if unknown:
@@ -165,55 +96,16 @@ class ServerEngine:
                 raise EngineError("CHIO_OPA_READY_TIMEOUT: expected seconds, e.g. 10") from None
         if not opa_url:
             raise EngineError("server engine: no OPA URL (pass opa_url=..., --opa-url or set CHIO_OPA_URL)")
-        client = make_client(opa_url, token=token, cert=cert, ca_bundle=ca_bundle, timeout=timeout,
-                             retries=retries, pool_size=pool_size)
+        client = opa_http.make_client(opa_url, token=token, cert=cert, ca_bundle=ca_bundle, timeout=timeout,
+                                      retries=retries, pool_size=pool_size)
         if push:
-            from ..bundle import BundleContents, ROOT, push as push_to
-            from ..compiler import revision_of
-            from .base import rego_modules
-
-            budget = dict(data.get(DATA_ROOT[0], {}).get(DATA_ROOT[1], {}))
             try:
-                _wait_healthy(client, opa_url, ready_timeout)
-                push_to(client, BundleContents(revision_of(budget), [ROOT], budget, rego_modules(rego_dir)))
+                opa_http.wait_healthy(client, opa_url, ready_timeout)
+                opa_http.push(client, compiled, rego_modules(rego_dir))
             except BaseException:
                 client.close_connection()
                 raise
-        return cls(client, data, url=opa_url, ready_timeout=ready_timeout, verify_revision=verify_revision)
-
-    # -- readiness -----------------------------------------------------------
-
-    def _revision_problem(self) -> str | None:
-        """Why the server's data is not the data this guard compiled, or None when it is."""
-        try:
-            body = self._client.get_data(_POLICIES)
-        except Exception as exc:
-            return f"cannot read data.{_PACKAGE}.policies: {describe_error(exc)}"
-        served = body.get("result")
-        if not isinstance(served, dict):
-            return f"data.{_PACKAGE}.policies is not an object"
-        for pid, want in sorted(self.revisions.items()):
-            got = served.get(pid, {}).get("revision") if isinstance(served.get(pid), dict) else None
-            if got is None:
-                return f"the server has no policy {pid!r}"
-            if got != want:
-                return f"policy {pid!r} is at revision {got} on the server, {want} here"
-        return None
-
-    def _wait_until_ready(self, ready_timeout: float) -> None:
-        deadline = time.monotonic() + ready_timeout
-        _wait_healthy(self._client, self.url, ready_timeout)
-        if not self.verify_revision:
-            return
-        while True:
-            problem = self._revision_problem()
-            if problem is None:
-                return
-            if time.monotonic() >= deadline:
-                raise EngineError(
-                    f"OPA at {self.url} does not serve this guard's policies: {problem} "
-                    "(load the bundle from `chio-budget bundle` or run `chio-budget push`)")
-            time.sleep(0.1)
+        return cls(client, compiled, url=opa_url, ready_timeout=ready_timeout, verify_revision=verify_revision)
 
     # -- deciding ------------------------------------------------------------
 
@@ -221,19 +113,25 @@ class ServerEngine:
         raw_id = input.get("policy_id") if isinstance(input, dict) else None
         policy_id = raw_id if isinstance(raw_id, str) else None
         try:
-            return self._decide(input, policy_id)
-        except Exception as exc:  # the promise is "never raises": anything left over denies too
-            return Decision.deny_error(f"engine error: {type(exc).__name__}: {exc}", policy_id)
-
-    def _decide(self, input: dict[str, Any], policy_id: str | None) -> Decision:
+            call = self._watchdog.start()
+        except RuntimeError as exc:  # closed: no deadline to keep, so no decision either
+            return Decision.deny_error(f"engine error: {exc}", policy_id)
         try:
-            body = self._client.query_rule(input, _PACKAGE, _RULE)
+            return self._decide(input, policy_id, call)
+        except Exception as exc:  # the promise is "never raises": anything left over denies too
+            return Decision.deny_error(f"engine error: {opa_http.describe_error(exc)}", policy_id)
+        finally:
+            call.finish()
+
+    def _decide(self, input: dict[str, Any], policy_id: str | None, call: Any) -> Decision:
+        try:
+            body = opa_http.query(self._client, DECISION_PATH, input, call)
         except Exception as exc:
-            return Decision.deny_error(f"engine error: {describe_error(exc)}", policy_id)
+            return Decision.deny_error(f"engine error: {opa_http.describe_error(exc)}", policy_id)
         if not isinstance(body, dict):
             return Decision.deny_error("engine error: malformed response: not a JSON object", policy_id)
         if "result" not in body:
-            return Decision.deny_error(f"engine error: {self._undefined_cause(policy_id)}", policy_id)
+            return Decision.deny_error(f"engine error: {self._undefined_cause(policy_id, call)}", policy_id)
         d = Decision.from_opa(body["result"], policy_id)
         if d.error is not None:
             return d.model_copy(update={"error": f"engine error: {d.error}"})
@@ -243,31 +141,39 @@ class ServerEngine:
                 return Decision.deny_error(
                     f"engine error: revision mismatch: OPA decided for policy {policy_id!r}, "
                     "which this guard did not compile", policy_id)
-            if d.policy_revision != want:
+            if d.policy_revision != want and d.policy_revision != self._also.get(policy_id):
                 return Decision.deny_error(
                     f"engine error: revision mismatch: OPA decided with policy revision {d.policy_revision}, "
                     f"this guard compiled {want}", policy_id)
         return d
 
-    def _undefined_cause(self, policy_id: str | None) -> str:
+    def accept_revisions(self, revisions: dict[str, str | None]) -> None:
+        """Also accept decisions made on ``revisions`` (``{}``: stop) while a reload switches over.
+
+        A reload pushes the new version to the server before the guard swaps
+        engines; decisions in flight on this engine may already be answered
+        from the new version, which is then what they name - not a mismatch.
+        """
+        self._also = dict(revisions)
+
+    def _undefined_cause(self, policy_id: str | None, call: Any) -> str:
         """Name why OPA answered ``{}``; same wording as the embedded engine where they overlap."""
         if policy_id not in self.revisions:
             return "decision undefined: unknown policy_id %r" % (policy_id,)
         try:
-            self._client.get_data(f"{_POLICIES}/{policy_id}")
-        except PolicyNotFoundError:
-            return f"decision undefined: the OPA server has no policy {policy_id!r}"
+            served = opa_http.read(self._client, f"{opa_http.POLICIES}/{policy_id}", call)
         except Exception:
-            pass
+            return "decision undefined"
+        if isinstance(served, dict) and "result" not in served:
+            return f"decision undefined: the OPA server has no policy {policy_id!r}"
         return "decision undefined"
 
     def close(self) -> None:
+        self._watchdog.close()
         self._client.close_connection()
 
+    def __enter__(self) -> "ServerEngine":
+        return self
 
-def _wait_healthy(client: OpaClient, url: str, ready_timeout: float) -> None:
-    try:
-        client.wait_for_ready(timeout=ready_timeout, interval=0.05)
-    except Exception:
-        raise EngineError(f"OPA at {url} did not become healthy within {ready_timeout:g}s "
-                          "(GET /health); is `opa run --server` running there?") from None
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,90 @@
+"""What a decision hands back: the ``Evaluation`` of a check, the ``Authorization`` of a reservation.
+
+Both carry the exact OPA input and the engine's time, so the chain member
+and the decision log record what OPA saw without watching the engine, and
+the conversion of a foreign cost. ``Authorization`` settles its reservation
+(``commit``/``release``) through the guard that made it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .conversion import Conversion
+from .decision import Decision
+from .ledger import Settlement
+from .money import MonetaryAmount
+from .rates import RateOracle
+
+if TYPE_CHECKING:
+    from .guard import BudgetGuard
+
+Cost = int | MonetaryAmount
+"""A cost: policy-currency minor units, or an amount in any currency."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A decision with what produced it: the exact OPA ``input``, the wall time of
+    ``engine.decide`` in ns (``input``/``eval_ns`` are None when OPA was not asked),
+    the conversion of a foreign cost, and the Rego revision it ran on."""
+
+    decision: Decision
+    input: dict[str, Any] | None = None
+    eval_ns: int | None = None
+    conversion: Conversion | None = None
+    rego_revision: str | None = None
+
+
+@dataclass
+class Authorization:
+    """A decision plus the reservation that backs it while the call runs.
+
+    Allowed: the cost is held; ``commit`` turns it into spend (``actual_units``
+    replaces the estimate; past the TTL the ledger posts it once, as
+    ``committed_late``), ``release`` gives it back. Denied: nothing is held
+    and both are no-ops (``unknown``). Both are idempotent, and equally
+    valid from any process sharing the ledger (they act on the receipt id).
+    """
+
+    decision: Decision
+    receipt_id: str
+    estimate_units: int
+    _guard: "BudgetGuard" = field(repr=False)
+    input: dict[str, Any] | None = None
+    """The exact OPA input sent (None when OPA was not asked)."""
+    eval_ns: int | None = None
+    """Wall time of ``engine.decide``, in ns."""
+    attempt: str = ""
+    """This authorize call's token, stored with the reservation it created."""
+    _held: bool = field(default=False, repr=False)
+    conversion: Conversion | None = None
+    """How a foreign estimate was converted (None for a cost in the policy currency)."""
+    rego_revision: str | None = None
+    timestamp: int = 0
+    """The request's timestamp: a foreign actual cost is converted at it."""
+    commit_conversion: Conversion | None = None
+    """How the last ``commit(actual_units=MonetaryAmount(...))`` was converted."""
+    rates: RateOracle | None = field(default=None, repr=False)
+    """The rate oracle in force when it was authorized (a foreign actual cost is converted with it)."""
+    currency: str = ""
+    """The policy currency it was authorized in."""
+
+    @property
+    def allow(self) -> bool:
+        return self.decision.allow
+
+    def commit(self, actual_units: Cost | None = None) -> Settlement:
+        """Count the call: ``actual_units`` (policy-currency units, or a ``MonetaryAmount``
+        in any currency, converted at the request's timestamp), else the estimate."""
+        if not self._held:
+            return Settlement(self.receipt_id, "unknown")
+        if isinstance(actual_units, MonetaryAmount):
+            actual_units = self._guard._settle_units(self, actual_units)
+        return self._guard.ledger.commit(self.receipt_id, actual_units)
+
+    def release(self) -> Settlement:
+        if not self._held:
+            return Settlement(self.receipt_id, "unknown")
+        return self._guard.ledger.release(self.receipt_id)

@@ -1,0 +1,224 @@
+"""A guard's policy as one swappable value, and reading it again from files.
+
+Everything a decision needs from the policy files - the ``BudgetPolicy``,
+the engine loaded with its compiled data and Rego, the rate oracle and the
+revisions - lives in one ``Loaded``. The guard reads its current ``Loaded``
+once per decision, so a decision never mixes two versions: a reload builds
+a complete new ``Loaded`` (parse, compile, load into a new engine, verify)
+and swaps it in with one assignment. Decisions in flight finish on the old
+one; it is closed when the last of them leaves. Counters and held
+reservations live in the ledger and are not touched.
+
+``Source`` remembers where the files are, so ``BudgetGuard.reload()`` can
+read them again; any failure there is an error naming the file and line
+(the guard raises it as a ``ReloadError``), and the old ``Loaded`` stays in
+force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .compiler import compile_all, revision_of
+from .currencies import DEFAULT_CURRENCIES
+from .engines import Engine, make_engine
+from .errors import ChioBudgetError, PolicyError
+from .policy import BudgetPolicy, load_policies
+from .rates import RateOracle
+from .rates_file import open_rates
+from .rego_files import default_rego_dir, rego_modules
+
+
+class ReloadError(ChioBudgetError):
+    """A reload failed; the policy in force before it still is. The message is located."""
+
+
+def rego_revision(modules: Mapping[str, str]) -> str:
+    """``sha256:`` over the Rego modules (name and content): changes with any Rego edit."""
+    return revision_of({name: hashlib.sha256(src.encode("utf-8")).hexdigest() for name, src in modules.items()})
+
+
+@dataclass(eq=False)
+class Loaded:
+    """One consistent version of a guard's policy, with a count of decisions using it.
+
+    ``enter``/``leave`` bracket each decision; ``retire`` (after a swap)
+    closes the engine as soon as no decision is using it.
+    """
+
+    policy: BudgetPolicy
+    engine: Engine
+    rates: RateOracle | None = None
+    policy_revision: str | None = None
+    rego_revision: str | None = None
+    loaded_at: float = field(default_factory=time.time)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _inflight: int = field(default=0, repr=False)
+    _retired: bool = field(default=False, repr=False)
+    _closed: bool = field(default=False, repr=False)
+
+    def enter(self) -> bool:
+        """Count a decision in; False once the engine is closed (read the guard's current one again)."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._inflight += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+        self._close_when_idle()
+
+    def retire(self) -> None:
+        """No new decision will start here; close the engine once the running ones are done."""
+        with self._lock:
+            self._retired = True
+        self._close_when_idle()
+
+    def _close_when_idle(self) -> None:
+        with self._lock:
+            close = self._retired and self._inflight == 0 and not self._closed
+            self._closed = self._closed or close
+        if close:
+            self.engine.close()
+
+    def close(self) -> None:
+        """Close now (the guard is closing)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.engine.close()
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a guard's policy comes from, so it can be read again (``load``).
+
+    ``rates`` is a path to ``rates.yaml`` (read again on every load), a
+    ``RateOracle`` (kept as is) or None. ``verify_tests``: run the Rego
+    tests (``*_test.rego``) of ``rego_dir`` on every load and refuse a
+    version whose tests fail.
+    """
+
+    policies_dir: Path
+    policy_id: str = "default"
+    rego_dir: Path | None = None
+    engine: str = "embedded"
+    engine_options: Mapping[str, Any] = field(default_factory=dict)
+    rates: Any = None
+    verify_tests: bool = False
+
+    def watched(self) -> list[Path]:
+        """What a watcher should watch: the policies, the Rego (unless it is the shipped one), rates.yaml."""
+        out = [Path(self.policies_dir)]
+        if self.rego_dir is not None:
+            out.append(Path(self.rego_dir))
+        if isinstance(self.rates, (str, Path)):
+            out.append(Path(self.rates))
+        return out
+
+    def load(self, engine: Engine | None = None, previous: Loaded | None = None) -> Loaded:
+        """Read, compile, test (if asked), and load into a new engine (or ``engine``, given as is).
+
+        On an OPA server the new engine pushes (``push=True``) or waits for
+        the server to serve the new revision (a bundle it pulls) before it
+        exists; meanwhile ``previous``'s engine accepts decisions made on
+        either revision.
+
+        Raises what went wrong (``PolicyError``, ``RatesError``,
+        ``EngineError``, ``ReloadError`` for failed Rego tests), located.
+        """
+        oracle = open_rates(self.rates)
+        currencies = oracle.currencies if oracle is not None else DEFAULT_CURRENCIES
+        policies = load_policies(self.policies_dir, currencies=currencies)
+        if self.policy_id not in policies:
+            raise PolicyError(f"{self.policies_dir}:1: policy_id: no policy {self.policy_id!r} "
+                              f"(have: {', '.join(sorted(policies))})")
+        policy, compiled = policies[self.policy_id], compile_all(policies)
+        revision = compiled.revisions[self.policy_id]
+        if engine is not None:
+            return Loaded(policy, engine, oracle, revision)
+        modules = rego_modules(self.rego_dir)
+        if self.verify_tests:
+            verify_rego_tests(self.rego_dir)
+        switching = getattr(previous.engine if previous else None, "accept_revisions", None)
+        if switching is not None:
+            switching(compiled.revisions)
+        try:
+            engine = make_engine(self.engine, compiled, self.rego_dir, **dict(self.engine_options))
+        except BaseException:
+            if switching is not None:
+                switching({})
+            raise
+        return Loaded(policy, engine, oracle, revision, rego_revision(modules))
+
+
+def verify_rego_tests(rego_dir: str | Path | None) -> None:
+    """Run the ``*_test.rego`` of ``rego_dir`` through the embedded OPA; ``ReloadError`` listing failures."""
+    from .regotest import run
+
+    result = run(rego_dir if rego_dir is not None else default_rego_dir())
+    if result.ok and result.tests:
+        return
+    problems = list(result.errors)
+    if not result.tests and not problems:
+        problems.append(f"{rego_dir}: no Rego tests (*_test.rego) to verify")
+    problems += [f"{t.file}: {t.ref}: {t.outcome} {t.detail}".rstrip()
+                 for t in result.tests if t.outcome in ("FAIL", "ERROR")]
+    raise ReloadError("Rego tests failed:\n" + "\n".join(problems))
+
+
+log = logging.getLogger("chio_budget.reload")
+
+
+def reload_guard(guard: Any) -> None:
+    """``BudgetGuard.reload``: load the guard's ``Source`` again and swap the result in (one at a time)."""
+    source = guard._source
+    if source is None:
+        raise ReloadError("reload: this guard was not built from files with a named engine "
+                          "(BudgetGuard.from_files(..., engine='embedded'|'server'))")
+    with guard._reload_lock:
+        old = guard._loaded
+        try:
+            new = source.load(previous=old)
+        except ChioBudgetError as exc:
+            guard.reload_failures += 1
+            log.error("reload failed; policy %s stays at revision %s, Rego %s:\n%s", old.policy.id,
+                      old.policy_revision, old.rego_revision, exc)
+            _notify(guard, "reload_failed", guard, exc)
+            raise ReloadError(f"reload failed, the previous policy stays in force:\n{exc}") from None
+        guard._loaded = new
+        old.retire()
+        guard.reloads += 1
+    log.info("reloaded policy %s: revision %s, Rego %s", new.policy.id, new.policy_revision, new.rego_revision)
+    _notify(guard, "reloaded", guard)
+
+
+def _notify(guard: Any, event: str, *args: Any) -> None:
+    for hook in list(guard.event_hooks.get(event, ())):
+        try:
+            hook(*args)
+        except Exception:  # noqa: BLE001 - an observer must not break a reload
+            log.exception("%s hook failed", event)
+
+
+def watch_guard(guard: Any, **options: Any) -> None:
+    """``BudgetGuard.watch``: a ``watch.Watcher`` over the guard's files calling ``reload``.
+
+    A failed reload is logged (and counted) by ``reload_guard``; the watcher goes on.
+    """
+    from .watch import Watcher
+
+    if guard._source is None:
+        raise ReloadError("watch: this guard was not built from files with a named engine")
+    if guard._watcher is not None:
+        return
+    guard._watcher = Watcher(guard._source.watched(), lambda _paths: guard.reload(), **options).start()
