@@ -10,6 +10,12 @@ collide with each other or with anything else on the server. Without a
 reachable server the Redis tests skip and say why, unless
 ``CHIO_REQUIRE_REDIS=1`` (CI), in which case they fail.
 
+Redis Cluster: a real 3-master cluster on free loopback ports, started once
+per test session by the ``redis_cluster`` fixture (``redis_servers.py``) and
+stopped by PID at the end; each test gets its own prefix there too. Skipped
+only where ``redis-server``/``redis-cli`` are not installed, and failing
+instead when ``CHIO_REQUIRE_CLUSTER=1`` (CI).
+
 PostgreSQL: ``CHIO_TEST_POSTGRES_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/test``). Each test gets its own
 schema, dropped afterwards; without a server the tests skip loudly unless
@@ -79,6 +85,24 @@ def need_postgres() -> None:
     _need("PostgreSQL", POSTGRES_URL, postgres_problem(), "CHIO_REQUIRE_POSTGRES")
 
 
+def need_cluster() -> None:
+    from redis_servers import REDIS_CLI, REDIS_SERVER
+
+    problem = None if REDIS_SERVER and REDIS_CLI else "redis-server and redis-cli are not both installed"
+    _need("Redis Cluster", "free loopback ports", problem, "CHIO_REQUIRE_CLUSTER")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A 3-master Redis Cluster for the whole session; its URI (``redis+cluster://...``)."""
+    need_cluster()
+    from redis_servers import RedisClusterProcess
+
+    cluster = RedisClusterProcess()
+    yield cluster.url
+    cluster.stop()
+
+
 def postgres_uri(schema: str, query: str = "") -> str:
     return f"{POSTGRES_URL}?schema={schema}" + (f"&{query}" if query else "")
 
@@ -104,8 +128,8 @@ class Store:
     postgres: one unique schema.
     """
 
-    def __init__(self, kind: str, tmp_path: Path):
-        self.kind = kind
+    def __init__(self, kind: str, tmp_path: Path, cluster_url: str | None = None):
+        self.kind, self.cluster_url = kind, cluster_url
         self.opened: list[Ledger] = []
         self._memory: MemoryLedger | None = None
         if kind == "sqlite":
@@ -113,11 +137,18 @@ class Store:
         elif kind == "redis":
             self.prefix = f"chio-test-{uuid.uuid4().hex[:12]}"
             self.uri = f"{REDIS_URL}?prefix={self.prefix}"
+        elif kind == "cluster":
+            self.prefix = f"chio-test-{uuid.uuid4().hex[:12]}"
+            self.uri = f"{cluster_url}?prefix={self.prefix}"
         elif kind == "postgres":
             self.schema = f"chio_test_{uuid.uuid4().hex[:12]}"
             self.uri = postgres_uri(self.schema)
         else:
             self.uri = "memory"
+
+    def another(self, tmp_path: Path) -> "Store":
+        """A second, empty store of the same kind (another file, prefix or schema)."""
+        return Store(self.kind, tmp_path, self.cluster_url)
 
     @property
     def shared(self) -> bool:
@@ -138,7 +169,7 @@ class Store:
     def cleanup(self) -> None:
         for ledger in self.opened:
             try:
-                if self.kind == "redis":
+                if self.kind in ("redis", "cluster"):
                     ledger.clear()  # type: ignore[attr-defined]
                 elif self.kind == "postgres":
                     ledger.drop()  # type: ignore[attr-defined]
@@ -156,24 +187,29 @@ def _drop_schema(schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-BACKENDS = ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis),
-            pytest.param("postgres", marks=pytest.mark.postgres)]
 SHARED_BACKENDS = ["sqlite", pytest.param("redis", marks=pytest.mark.redis),
+                   pytest.param("cluster", marks=pytest.mark.cluster),
                    pytest.param("postgres", marks=pytest.mark.postgres)]
+BACKENDS = ["memory", *SHARED_BACKENDS]
 
 
-def make_store(kind: str, tmp_path: Path) -> Store:
+def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest | None = None) -> Store:
+    """A store of ``kind``; the cluster needs ``request`` (to start the session's cluster)."""
     if kind == "redis":
         need_redis()
     elif kind == "postgres":
         need_postgres()
+    elif kind == "cluster":
+        need_cluster()
+        assert request is not None, "the cluster store needs the test's request"
+        return Store(kind, tmp_path, request.getfixturevalue("redis_cluster"))
     return Store(kind, tmp_path)
 
 
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path):
-    """Every backend in turn: memory, a real SQLite file, the real Redis."""
-    s = make_store(request.param, tmp_path)
+    """Every backend in turn: memory, a real SQLite file, the real Redis, a Redis Cluster, PostgreSQL."""
+    s = make_store(request.param, tmp_path, request)
     yield s
     s.cleanup()
 
@@ -181,7 +217,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path):
 @pytest.fixture(params=SHARED_BACKENDS)
 def shared_store(request: pytest.FixtureRequest, tmp_path: Path):
     """The backends whose counters outlive a ledger object and are shared."""
-    s = make_store(request.param, tmp_path)
+    s = make_store(request.param, tmp_path, request)
     yield s
     s.cleanup()
 

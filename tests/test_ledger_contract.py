@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from chio_budget.errors import LedgerError
 from chio_budget.ledger import Balance, Ledger, MemoryLedger, Reservation, counter_key
-from ledger_fixtures import (FakeClock, Store, clock, late_commit_worker, make_store, shared_store,  # noqa: F401
-                             store)
+from ledger_fixtures import (FakeClock, Store, clock, late_commit_worker, make_store, redis_cluster, shared_store,
+                             store)  # noqa: F401
 
 U64_MAX = 2**64 - 1
 A, B, C = "p//total/", "p//agent/a1", "p//tool/s1:t1"

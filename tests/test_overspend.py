@@ -9,7 +9,8 @@ Invariants, checked after every run (``ledger_fixtures.audit``):
 
 Nothing here asserts on time. Sizes: 8 threads x 2,000 requests on memory,
 SQLite and Redis (about 20 s each for SQLite and Redis on two cores), x 500
-on PostgreSQL; 4 processes x 1,000 per shared store (x 250 on PostgreSQL);
+on PostgreSQL, x 1,000 on the Redis Cluster; 4 processes x 1,000 per shared
+store (x 250 on PostgreSQL, x 500 on the cluster);
 three SIGKILLs on SQLite. ``CHIO_OVERSPEND_SCALE``
 scales the request counts (never the thread or process counts).
 """
@@ -34,8 +35,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from chio_budget.ledger import open_ledger
 from conftest import ROOT
-from ledger_fixtures import (FakeClock, Store, audit, embedded_guard, make_store, merge_results, process_worker,
-                             run_requests, tight_policy)
+from ledger_fixtures import (FakeClock, Store, audit, embedded_guard, make_store, merge_results, process_worker,  # noqa: F401
+                             redis_cluster, run_requests, tight_policy)
 
 THREADS = 8
 PROCESSES = 4
@@ -43,7 +44,7 @@ PROCESSES = 4
 _SCALE = float(os.environ.get("CHIO_OVERSPEND_SCALE", "1"))
 # PostgreSQL runs a quarter: each transaction holds the hot "total" row through its commit's
 # fsync, so contended operations run one fsync at a time (docs/ledgers.md); the invariants still bind.
-_BASE = {"memory": 2000, "sqlite": 2000, "redis": 2000, "postgres": 500}
+_BASE = {"memory": 2000, "sqlite": 2000, "redis": 2000, "cluster": 1000, "postgres": 500}
 PER_THREAD = {kind: max(50, int(n * _SCALE)) for kind, n in _BASE.items()}
 PER_PROCESS = {kind: max(50, int(n // 2 * _SCALE)) for kind, n in _BASE.items()}
 
@@ -72,9 +73,10 @@ def _assert_no_overspend(report: dict, result: dict, label: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis),
+                                  pytest.param("cluster", marks=pytest.mark.cluster),
                                   pytest.param("postgres", marks=pytest.mark.postgres)])
-def test_threads_never_overspend(kind, tmp_path):
-    store = make_store(kind, tmp_path)
+def test_threads_never_overspend(kind, tmp_path, request):
+    store = make_store(kind, tmp_path, request)
     clock = FakeClock(time.time())
     ledger = store.open(clock=clock)
     n = PER_THREAD[kind]
@@ -99,9 +101,10 @@ def test_threads_never_overspend(kind, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("redis", marks=pytest.mark.redis),
+                                  pytest.param("cluster", marks=pytest.mark.cluster),
                                   pytest.param("postgres", marks=pytest.mark.postgres)])
-def test_processes_sharing_one_store_never_overspend(kind, tmp_path):
-    store = make_store(kind, tmp_path)
+def test_processes_sharing_one_store_never_overspend(kind, tmp_path, request):
+    store = make_store(kind, tmp_path, request)
     go = tmp_path / "go"
     total = PROCESSES * PER_PROCESS[kind]
     policy = tight_policy(total)
@@ -251,13 +254,14 @@ class LedgerMachine(RuleBasedStateMachine):
 
     kind = "memory"
     tmp_root: Path = Path("/tmp")
+    request = None
 
     @initialize()
     def open(self):
         self.clock = FakeClock()
         here = self.tmp_root / os.urandom(6).hex()
         here.mkdir()
-        self.store: Store = make_store(self.kind, here)
+        self.store: Store = make_store(self.kind, here, self.request)
         self.ledger = self.store.open(clock=self.clock)
         self.held: dict[str, tuple[tuple[str, ...], int, float]] = {}
         self.settled: dict[str, str] = {}
@@ -362,15 +366,16 @@ class LedgerMachine(RuleBasedStateMachine):
 
 @pytest.mark.parametrize("kind, examples", [("memory", 200), ("sqlite", 80),
                                             pytest.param("redis", 80, marks=pytest.mark.redis),
+                                            pytest.param("cluster", 40, marks=pytest.mark.cluster),
                                             pytest.param("postgres", 40, marks=pytest.mark.postgres)])
-def test_property_totals_equal_live_reservations_plus_commits(kind, examples, tmp_path):
-    if kind in ("redis", "postgres"):
-        make_store(kind, tmp_path)  # skip/fail loudly before hypothesis starts
+def test_property_totals_equal_live_reservations_plus_commits(kind, examples, tmp_path, request):
+    if kind != "memory":
+        make_store(kind, tmp_path, request)  # skip/fail loudly before hypothesis starts
 
     class Machine(LedgerMachine):
         pass
 
-    Machine.kind, Machine.tmp_root = kind, tmp_path
+    Machine.kind, Machine.tmp_root, Machine.request = kind, tmp_path, request
     Machine.TestCase.settings = settings(max_examples=examples, stateful_step_count=25, deadline=None,
                                          suppress_health_check=[HealthCheck.too_slow])
     Machine.TestCase().runTest()

@@ -2,7 +2,8 @@
 
 ``memory`` (default, also ``memory://?ttl=60``), ``sqlite:///path/to/file.db``,
 ``redis://host:port/db`` (also ``rediss://``, ``unix://``; needs the
-``[redis]`` extra), ``postgresql://user@host:port/db?schema=name`` (also
+``[redis]`` extra; ``redis+cluster://host:port,host:port/0`` for Redis
+Cluster), ``postgresql://user@host:port/db?schema=name`` (also
 ``postgres://``; needs the ``[postgres]`` extra). ``BACKENDS`` maps a scheme to the class that opens it;
 each class has ``from_uri(uri, **options)`` and is imported only when used.
 """
@@ -26,6 +27,8 @@ BACKENDS: dict[str, str] = {
     "redis": "chio_budget.ledger.redis:RedisLedger",
     "rediss": "chio_budget.ledger.redis:RedisLedger",
     "unix": "chio_budget.ledger.redis:RedisLedger",
+    "redis+cluster": "chio_budget.ledger.redis:RedisLedger",
+    "rediss+cluster": "chio_budget.ledger.redis:RedisLedger",
     "postgresql": "chio_budget.ledger.postgres:PostgresLedger",
     "postgres": "chio_budget.ledger.postgres:PostgresLedger",
 }
