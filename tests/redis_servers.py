@@ -117,30 +117,48 @@ class RedisServer:
 class RedisClusterProcess:
     """A 3-master Redis Cluster on loopback ports, its nodes children of this process."""
 
-    def __init__(self, masters: int = 3):
+    def __init__(self, masters: int = 3, *, durable: bool = False):
         if REDIS_CLI is None:
             raise RuntimeError("redis-cli is not installed")
         self.dir = Path(tempfile.mkdtemp(prefix="chio-cluster-"))
         self.nodes: list[RedisServer] = []
         try:
             for _ in range(masters):
-                self.nodes.append(RedisServer(cluster=True, directory=self.dir))
+                self.nodes.append(RedisServer(cluster=True, durable=durable, directory=self.dir))
             hosts = [f"127.0.0.1:{n.port}" for n in self.nodes]
             out = subprocess.run([REDIS_CLI, "--cluster", "create", *hosts, "--cluster-replicas", "0",
                                   "--cluster-yes"], capture_output=True, text=True, timeout=60)
             if out.returncode != 0:
                 raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout[-2000:]}{out.stderr[-2000:]}")
-            self._wait_ok()
+            self.wait_ok()
         except BaseException:
             self.stop()
             raise
 
-    def _wait_ok(self) -> None:
+    def owner(self, key: str) -> RedisServer:
+        """The master that serves ``key``'s slot now."""
+        slot = int(self._cli(self.nodes[0], "cluster", "keyslot", key))
+        return next(node for node in self.nodes if self._serves(node, slot))
+
+    def _cli(self, node: RedisServer, *args: str) -> str:
+        return subprocess.run([REDIS_CLI, "-p", str(node.port), *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+
+    def _serves(self, node: RedisServer, slot: int) -> bool:
+        out = self._cli(node, "cluster", "nodes")
+        me = next(line for line in out.splitlines() if "myself" in line).split()
+        for part in me[8:]:
+            lo, _, hi = part.partition("-")
+            if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                return True
+        return False
+
+    def wait_ok(self) -> None:
+        """Until every node reports ``cluster_state:ok`` (30 s at most)."""
         deadline = time.monotonic() + 30
         for node in self.nodes:
             while True:
-                info = subprocess.run([REDIS_CLI, "-p", str(node.port), "cluster", "info"], capture_output=True,
-                                      text=True, timeout=10).stdout
+                info = self._cli(node, "cluster", "info")
                 if "cluster_state:ok" in info:
                     break
                 if time.monotonic() > deadline:

@@ -4,7 +4,9 @@ Every byte is forwarded unchanged, after ``delay`` seconds per chunk in each
 direction (a slow network). While ``hang`` is set, replies from the server
 are held back (the client's connection stays up and its requests are still
 delivered: exactly a server that stopped answering). ``cut()`` closes every
-connection made so far (a network partition the client notices). Used for
+connection made so far (a network partition the client notices); while
+``down`` is set, new connections are closed as soon as they are accepted (a
+server that is away, as during a restart). Used for
 the PostgreSQL and Redis fault tests. A subclass may rewrite the traffic by
 overriding ``forward`` (``redis_proxy.RedisProxy`` loses one script's reply).
 """
@@ -21,6 +23,7 @@ class TcpProxy:
         self.upstream = upstream
         self.delay = delay
         self.hang = threading.Event()
+        self.down = threading.Event()
         self.connections = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -35,6 +38,9 @@ class TcpProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.down.is_set():
+                client.close()
+                continue
             try:
                 server = socket.create_connection(self.upstream, timeout=5)
                 server.settimeout(None)

@@ -89,7 +89,7 @@ class PostgresLedger(ExportsSpent, ClosesOnExit):
     def __init__(self, conninfo: str, *, schema: str = DEFAULT_SCHEMA, ttl: float = DEFAULT_TTL_SECONDS,
                  settled_retention: float = DEFAULT_SETTLED_RETENTION, settled_max: int = DEFAULT_SETTLED_MAX,
                  clock: Callable[[], float] | None = None, pool_min: int = 1, pool_max: int = 4,
-                 pool_timeout: float = 5.0, statement_timeout: float = 5.0, deadline: float = 10.0,
+                 pool_timeout: float = 2.0, statement_timeout: float = 5.0, deadline: float = 10.0,
                  isolation: str = "read_committed", retries: int = 10):
         self.schema = check_schema_name(schema)
         self.options = LedgerOptions.make(ttl, settled_retention, settled_max)
