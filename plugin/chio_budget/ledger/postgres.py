@@ -197,14 +197,15 @@ class PostgresLedger(ExportsSpent, ClosesOnExit):
     def commit(self, receipt_id: str, actual: int | None = None) -> Settlement:
         """Post a held reservation as spend; an expired one once, as ``committed_late``. Idempotent."""
         actual_arg = None if actual is None else str(check_units(actual, "actual"))
-        [(outcome, amount)] = self._run("chio_commit", [receipt_id, actual_arg, self._now(), *self._limits],
-                                        "%s, %s::numeric, %s, %s, %s")
-        return Settlement(receipt_id, outcome, int(amount))
+        return self._finish(receipt_id, True, actual_arg, None)
 
     def release(self, receipt_id: str, *, attempt: str | None = None) -> Settlement:
         """Give a held reservation back (only this ``attempt``'s, when given). Idempotent."""
-        [(outcome, amount)] = self._run("chio_release", [receipt_id, attempt, self._now(), *self._limits],
-                                        "%s, %s, %s, %s, %s")
+        return self._finish(receipt_id, False, None, attempt)
+
+    def _finish(self, receipt_id: str, commit: bool, actual: str | None, attempt: str | None) -> Settlement:
+        [(outcome, amount)] = self._run("chio_finish", [receipt_id, commit, actual, attempt, self._now(),
+                                                        *self._limits], "%s, %s, %s::numeric, %s, %s, %s, %s")
         return Settlement(receipt_id, outcome, int(amount))
 
     def get(self, receipt_id: str) -> Reservation | None:

@@ -136,8 +136,11 @@ BEGIN
                         x.settled_amount, x.late, x.attempt, x.book FROM reservations x WHERE x.receipt_id = p_id;
 END $$;
 
-CREATE OR REPLACE FUNCTION chio_commit(p_id text, p_actual numeric, p_now double precision,
-                                       p_retention double precision, p_max bigint)
+-- commit (p_commit) or release a receipt; the Settlement's (outcome, amount).
+-- commit of a held receipt: held -= reserved, spent += actual; of an expired one: spent += actual,
+-- once (committed_late). release: only a held one, and with p_attempt only that attempt's.
+CREATE OR REPLACE FUNCTION chio_finish(p_id text, p_commit boolean, p_actual numeric, p_attempt text,
+                                       p_now double precision, p_retention double precision, p_max bigint)
 RETURNS TABLE (outcome text, amount numeric)
 SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
@@ -148,10 +151,17 @@ DECLARE
     v_amount numeric;
 BEGIN
     SELECT * INTO x FROM chio_settling(p_id, v_now, p_retention, p_max);
-    IF NOT FOUND THEN
+    IF NOT FOUND OR (NOT p_commit AND x.state = 'held' AND p_attempt IS NOT NULL
+                     AND x.attempt IS DISTINCT FROM p_attempt) THEN
         RETURN QUERY SELECT 'unknown'::text, 0::numeric;
+    ELSIF x.state = 'expired' AND NOT p_commit THEN
+        RETURN QUERY SELECT 'expired'::text, x.amount;
     ELSIF x.state NOT IN ('held', 'expired') THEN
         RETURN QUERY SELECT 'already_' || x.state, 0::numeric;
+    ELSIF NOT p_commit THEN
+        UPDATE counters SET held = greatest(held - x.amount, 0) WHERE key = ANY(x.keys);
+        PERFORM chio_settle(p_id, 'released', x.amount, v_now, false, p_retention, p_max);
+        RETURN QUERY SELECT 'released'::text, x.amount;
     ELSE
         v_amount := coalesce(p_actual, x.amount);
         IF x.state = 'held' THEN
@@ -162,30 +172,6 @@ BEGIN
         END IF;
         PERFORM chio_settle(p_id, 'committed', v_amount, v_now, x.state = 'expired', p_retention, p_max);
         RETURN QUERY SELECT CASE WHEN x.state = 'held' THEN 'committed' ELSE 'committed_late' END, v_amount;
-    END IF;
-END $$;
-
-CREATE OR REPLACE FUNCTION chio_release(p_id text, p_attempt text, p_now double precision,
-                                        p_retention double precision, p_max bigint)
-RETURNS TABLE (outcome text, amount numeric)
-SET search_path FROM CURRENT
-LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE
-    v_now double precision := chio_now(p_now);
-    x reservations;
-BEGIN
-    SELECT * INTO x FROM chio_settling(p_id, v_now, p_retention, p_max);
-    IF NOT FOUND OR (x.state = 'held' AND p_attempt IS NOT NULL AND x.attempt IS DISTINCT FROM p_attempt) THEN
-        RETURN QUERY SELECT 'unknown'::text, 0::numeric;
-    ELSIF x.state = 'expired' THEN
-        RETURN QUERY SELECT 'expired'::text, x.amount;
-    ELSIF x.state <> 'held' THEN
-        RETURN QUERY SELECT 'already_' || x.state, 0::numeric;
-    ELSE
-        UPDATE counters SET held = greatest(held - x.amount, 0) WHERE key = ANY(x.keys);
-        PERFORM chio_settle(p_id, 'released', x.amount, v_now, false, p_retention, p_max);
-        RETURN QUERY SELECT 'released'::text, x.amount;
     END IF;
 END $$;
 
@@ -201,20 +187,28 @@ BEGIN
     RETURN QUERY SELECT * FROM chio_find(p_id, v_now, p_retention);
 END $$;
 
+-- spent and held of each key, in order (0 and 0 without a row).
+CREATE OR REPLACE FUNCTION chio_balance_rows(p_keys text[]) RETURNS TABLE (spent numeric, held numeric)
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(c.spent, 0), coalesce(c.held, 0)
+    FROM unnest(p_keys) WITH ORDINALITY AS k(key, i) LEFT JOIN counters c ON c.key = k.key ORDER BY k.i
+$$;
+
 -- spent and held of each key, in order, after giving back what is due.
-CREATE OR REPLACE FUNCTION chio_balances(p_keys text[], p_now double precision, p_retention double precision, p_max bigint)
+CREATE OR REPLACE FUNCTION chio_balances(p_keys text[], p_now double precision, p_retention double precision,
+                                         p_max bigint)
 RETURNS TABLE (spent numeric, held numeric)
 SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
     PERFORM chio_sweep(chio_now(p_now), p_retention, p_max, '{}', '{}');
-    RETURN QUERY SELECT coalesce(c.spent, 0), coalesce(c.held, 0)
-        FROM unnest(p_keys) WITH ORDINALITY AS k(key, i) LEFT JOIN counters c ON c.key = k.key ORDER BY k.i;
+    RETURN QUERY SELECT * FROM chio_balance_rows(p_keys);
 END $$;
 
 CREATE OR REPLACE FUNCTION chio_windowed_totals(p_keys text[], p_read_of int[], p_read_keys text[],
-                                                p_now double precision, p_retention double precision, p_max bigint) RETURNS numeric[]
+                                                p_now double precision,
+                                                p_retention double precision, p_max bigint) RETURNS numeric[]
 SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -223,7 +217,8 @@ BEGIN
 END $$;
 
 -- The Rust record: spent += cost (saturating) on each (distinct) key; the new totals.
-CREATE OR REPLACE FUNCTION chio_add(p_keys text[], p_cost numeric, p_now double precision, p_retention double precision, p_max bigint)
+CREATE OR REPLACE FUNCTION chio_add(p_keys text[], p_cost numeric, p_now double precision,
+                                    p_retention double precision, p_max bigint)
 RETURNS numeric[]
 SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
@@ -247,7 +242,8 @@ BEGIN
 END $$;
 
 -- True for the first caller of p_mark (until p_ttl seconds have passed; NULL: never forgotten).
-CREATE OR REPLACE FUNCTION chio_mark(p_mark text, p_ttl double precision, p_now double precision, p_retention double precision, p_max bigint)
+CREATE OR REPLACE FUNCTION chio_mark(p_mark text, p_ttl double precision, p_now double precision,
+                                     p_retention double precision, p_max bigint)
 RETURNS boolean
 SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
@@ -261,7 +257,8 @@ BEGIN
 END $$;
 
 -- spent += p_delta (signed), clamped to [0, 2^64-1]. A key with no row gets one only when it grows.
-CREATE OR REPLACE FUNCTION chio_adjust(p_key text, p_delta numeric, p_now double precision, p_retention double precision, p_max bigint)
+CREATE OR REPLACE FUNCTION chio_adjust(p_key text, p_delta numeric, p_now double precision,
+                                       p_retention double precision, p_max bigint)
 RETURNS TABLE (spent numeric, held numeric, spent_after numeric)
 SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
@@ -280,15 +277,15 @@ BEGIN
 END $$;
 
 -- spent := 0 on each key (held stays); the balances before, in order.
-CREATE OR REPLACE FUNCTION chio_reset(p_keys text[], p_now double precision, p_retention double precision, p_max bigint)
+CREATE OR REPLACE FUNCTION chio_reset(p_keys text[], p_now double precision, p_retention double precision,
+                                      p_max bigint)
 RETURNS TABLE (spent numeric, held numeric)
 SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
     PERFORM chio_sweep(chio_now(p_now), p_retention, p_max, '{}', p_keys);
-    RETURN QUERY SELECT coalesce(c.spent, 0), coalesce(c.held, 0)
-        FROM unnest(p_keys) WITH ORDINALITY AS k(key, i) LEFT JOIN counters c ON c.key = k.key ORDER BY k.i;
+    RETURN QUERY SELECT * FROM chio_balance_rows(p_keys);
     UPDATE counters c SET spent = 0 WHERE c.key = ANY(p_keys);
 END $$;
 
