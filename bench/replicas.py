@@ -11,7 +11,8 @@ and as the ratio to one process. Backends: a SQLite file (the one-machine
 reference), the Redis at ``--redis``, a 3-master Redis Cluster this script
 starts on free loopback ports (``redis-server``/``redis-cli`` needed) and
 stops, and PostgreSQL at ``--postgres`` (a schema of its own, dropped
-afterwards). For Redis and the cluster it also reads the server's own time
+afterwards; ``postgres-async`` is the same with ``synchronous_commit=off``).
+For Redis and the cluster it also reads the server's own time
 per script call (``INFO commandstats``): the ceiling of one ledger prefix,
 which lives in one slot on one master. It reports; a backend that cannot run
 is skipped with the reason.
@@ -156,7 +157,7 @@ def main() -> None:
     ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--processes", default="1,2,4")
-    ap.add_argument("--backends", default="sqlite,redis,cluster,postgres")
+    ap.add_argument("--backends", default="sqlite,redis,cluster,postgres,postgres-async")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     args = ap.parse_args()
@@ -182,7 +183,9 @@ def bench_backend(name: str, args: argparse.Namespace, counts: list[int]) -> Non
     cluster = Cluster() if name == "cluster" else None
     tag = uuid.uuid4().hex[:8]
     uri = {"sqlite": f"sqlite:///{tmp / 'r.db'}", "redis": f"{args.redis}?prefix=chio-bench-{tag}",
-           "postgres": f"{args.postgres}?schema=chio_bench_{tag}&pool_max=1"}.get(name)
+           "postgres": f"{args.postgres}?schema=chio_bench_{tag}&pool_max=1",
+           "postgres-async": f"{args.postgres}?schema=chio_bench_{tag}&pool_max=1"
+                             "&options=-c%20synchronous_commit%3Doff"}.get(name)
     uri = uri or f"{cluster.url}?prefix=chio-bench-{tag}"
     ledger = open_ledger(uri)
     ledger.totals(["bench//total/"])  # creates the schema (PostgreSQL) before the replicas race for it

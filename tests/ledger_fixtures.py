@@ -11,8 +11,9 @@ reachable server the Redis tests skip and say why, unless
 ``CHIO_REQUIRE_REDIS=1`` (CI), in which case they fail.
 
 Redis Cluster: a real 3-master cluster on free loopback ports, started once
-per test session by the ``redis_cluster`` fixture (``redis_servers.py``) and
-stopped by PID at the end; each test gets its own prefix there too. Skipped
+per test session on first use (``session_cluster``, also the session fixture
+``redis_cluster``; ``redis_servers.py``) and stopped by PID when the session
+ends; each test gets its own prefix there too. Skipped
 only where ``redis-server``/``redis-cli`` are not installed, and failing
 instead when ``CHIO_REQUIRE_CLUSTER=1`` (CI).
 
@@ -92,15 +93,26 @@ def need_cluster() -> None:
     _need("Redis Cluster", "free loopback ports", problem, "CHIO_REQUIRE_CLUSTER")
 
 
-@pytest.fixture(scope="session")
-def redis_cluster():
-    """A 3-master Redis Cluster for the whole session; its URI (``redis+cluster://...``)."""
-    need_cluster()
-    from redis_servers import RedisClusterProcess
+_cluster: list = []
 
-    cluster = RedisClusterProcess()
-    yield cluster.url
-    cluster.stop()
+
+def session_cluster(config: pytest.Config) -> str:
+    """The session's 3-master Redis Cluster, started on first use and stopped (by PID) when the
+    session ends; its URI (``redis+cluster://...``). Any test module can reach it this way,
+    without importing a fixture."""
+    need_cluster()
+    if not _cluster:
+        from redis_servers import RedisClusterProcess
+
+        _cluster.append(RedisClusterProcess())
+        config.add_cleanup(_cluster[0].stop)
+    return _cluster[0].url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(pytestconfig: pytest.Config) -> str:
+    """``session_cluster`` as a fixture."""
+    return session_cluster(pytestconfig)
 
 
 def postgres_uri(schema: str, query: str = "") -> str:
@@ -194,7 +206,7 @@ BACKENDS = ["memory", *SHARED_BACKENDS]
 
 
 def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest | None = None) -> Store:
-    """A store of ``kind``; the cluster needs ``request`` (to start the session's cluster)."""
+    """A store of ``kind``; the cluster needs ``request`` (to reach the session's cluster)."""
     if kind == "redis":
         need_redis()
     elif kind == "postgres":
@@ -202,7 +214,7 @@ def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest | None 
     elif kind == "cluster":
         need_cluster()
         assert request is not None, "the cluster store needs the test's request"
-        return Store(kind, tmp_path, request.getfixturevalue("redis_cluster"))
+        return Store(kind, tmp_path, session_cluster(request.config))
     return Store(kind, tmp_path)
 
 
@@ -512,10 +524,11 @@ def window_worker(ledger, worker: int, n: int, start=None) -> int:
             ledger.close()
 
 
-def mark_worker(uri: str, marks: list[str], go_file: str) -> list[str]:
-    """Try every mark once; the marks this process was first to set."""
+def fleet_worker(uri: str, worker: int, n: int, marks: list[str], go_file: str) -> tuple[int, list[str]]:
+    """``window_worker`` on ``uri`` once the go file exists, then every mark tried once:
+    ``(holds kept, the marks this process was first to set)``."""
     ledger, _ = _opened_and_started(uri, go_file)
     try:
-        return [m for m in marks if ledger.mark_once(m, ttl=3600)]
+        return window_worker(ledger, worker, n), [m for m in marks if ledger.mark_once(m, ttl=3600)]
     finally:
         ledger.close()

@@ -19,7 +19,7 @@ from chio_budget import BudgetGuard
 from chio_budget.errors import LedgerError
 from chio_budget.ledger import BACKENDS, Balance, MemoryLedger, open_ledger
 from conftest import guard_for, make_meta, rust_policy
-from ledger_fixtures import (FakeClock, Store, clock, make_store, redis_cluster, store)  # noqa: F401
+from ledger_fixtures import FakeClock, Store, clock, make_store, store  # noqa: F401
 
 U64_MAX = 2**64 - 1
 A, B = "p//total/", "p//agent/a1"

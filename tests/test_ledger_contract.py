@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from chio_budget.errors import LedgerError
 from chio_budget.ledger import Balance, Ledger, MemoryLedger, Reservation, counter_key
-from ledger_fixtures import (FakeClock, Store, clock, late_commit_worker, make_store, redis_cluster, shared_store,
+from ledger_fixtures import (FakeClock, Store, clock, late_commit_worker, make_store, shared_store,
                              store)  # noqa: F401
 
 U64_MAX = 2**64 - 1
