@@ -14,10 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "tests"), str(Path(__file__).resolve().parent.parent / "plugin")]
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "plugin")]
 
-from conftest import guard_for, make_meta, rust_policy  # noqa: E402
-from rust_model import RustEnforcer  # noqa: E402
+from chio_budget import BudgetGuard, BudgetPolicy, CostMetadata  # noqa: E402
+from chio_budget.compiler import data_document  # noqa: E402
+from chio_budget.engines.embedded import EmbeddedEngine  # noqa: E402
+from chio_budget.rust_model import RustEnforcer  # noqa: E402
 
 
 def timed(fn, n: int) -> list[float]:
@@ -40,11 +43,13 @@ def report(name: str, us: list[float], base: float | None = None) -> float:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    policy = rust_policy(max_total=10**15, max_per_session=10**12, max_per_agent=10**12)
-    guard = guard_for(policy)
+    policy = BudgetPolicy.model_validate({"id": "default", "currency": "USD", "max_total": 10**15,
+                                          "max_per_session": 10**12, "max_per_agent": 10**12,
+                                          "max_per_tool": {"s1:expensive": 500}})
+    guard = BudgetGuard(policy, EmbeddedEngine(data_document({policy.id: policy}), ROOT / "rego"))
     model = RustEnforcer(policy)
-    metas = [make_meta(f"a{i % 50}", "s1", "expensive" if i % 7 == 0 else "t1", receipt=f"r{i}",
-                       session=f"sess-{i % 20}") for i in range(n)]
+    metas = [CostMetadata(receipt_id=f"r{i}", timestamp=1000, session_id=f"sess-{i % 20}", agent_id=f"a{i % 50}",
+                          tool_server="s1", tool_name="expensive" if i % 7 == 0 else "t1") for i in range(n)]
     for m in metas[:200]:
         guard.record(m, 3)
         model.record(m, 3)

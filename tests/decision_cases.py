@@ -15,8 +15,8 @@ from typing import Any
 from chio_budget.compiler import compile_policy, data_document
 from chio_budget.cost import CostMetadata
 from chio_budget.policy import BudgetPolicy
-from conftest import U64_MAX, make_meta, rust_policy
-from rust_model import RustEnforcer
+from support.guards import U64_MAX, make_meta, rust_policy
+from chio_budget.rust_model import RustEnforcer
 
 
 @dataclass(frozen=True)

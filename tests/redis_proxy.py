@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-from tcp_proxy import TcpProxy
+from support.tcp_proxy import TcpProxy
 
 
 class RedisProxy(TcpProxy):

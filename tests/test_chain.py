@@ -7,17 +7,21 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from pydantic import ValidationError
 
 from chio_budget import MonetaryAmount
 from chio_budget.actual_cost import CostError, actual_units
 from chio_budget.chain import GuardChain
 from chio_budget.chain_guard import BudgetChainGuard
+from chio_budget.decisionlog import DecisionLog
 from chio_budget.engines.function import FunctionEngine
-from chio_budget.kernel import Guard, GuardContext, GuardDecision, SettlingGuard
+from chio_budget.kernel import Guard, GuardContext, SettlingGuard
 from chio_budget.ledger import MemoryLedger
-from chain_support import (AllowAll, DenyOnTool, Pending, Raising, budget, ctx, ledger_uri, static_rates,
-                           unique_policy)
-from conftest import guard_for, rust_policy
+from chio_budget.metrics import BudgetMetrics
+from support.backends import Faulty, Store
+from support.chain import AllowAll, DenyOnTool, Pending, Raising, budget, ctx, static_rates
+from support.clock import FakeClock
+from support.guards import guard_for, rust_policy
 
 
 # -- kernel semantics of the chain ------------------------------------------
@@ -88,10 +92,25 @@ def test_a_later_exception_releases_the_budget_hold():
 
 
 def test_empty_context_fields_are_refused_at_the_edge():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="request_id\n  String should have at least 1 character"):
         GuardContext(request_id="", tool_name="t", server_id="s", agent_id="a")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="cost_estimate"):
         GuardContext(request_id="r", tool_name="t", server_id="s", agent_id="a", cost_estimate=1.5)
+
+
+def test_a_server_id_with_a_colon_is_a_logged_one_line_deny():
+    """Phase-1 finding: the CostMetadata was built outside the guard's try/log block, so a
+    ``server_id`` with ':' escaped as a ValidationError (multi-line, never logged)."""
+    events = []
+    b = budget(decision_log=DecisionLog(events.append))
+    d = GuardChain([b]).evaluate(ctx("r1", server="s1:x", tool="y"))
+    assert d.verdict == "deny"
+    error = "bad request: server_id: must not contain ':' (the tool key is 'server:tool'), got 's1:x'"
+    assert d.reason == f"budget: denied: {error}"
+    (ev,) = events
+    assert ev["result"]["allow"] is False and ev["result"]["error"] == error
+    assert ev["input"]["request"]["tool_server"] == "s1:x" and ev["input"]["totals"] is None
+    assert b.guard.ledger.open_reservations() == 0
 
 
 # -- the budget guard: estimate, evidence, hold -------------------------------
@@ -283,10 +302,11 @@ def test_actual_above_estimate_is_committed_and_flagged():
 
 def test_settling_an_unknown_or_denied_request_changes_nothing():
     b = budget()
-    b.evaluate(ctx("big", cost_estimate=10001))  # denied: nothing held
-    assert b.on_invocation_complete("big").outcome == "unknown"
+    b.evaluate(ctx("big", cost_estimate=10001))  # denied: its reservation was released at once
+    denied = b.on_invocation_complete("big")
+    assert (denied.outcome, denied.committed_units, denied.source) == ("already_settled", 0, "no-op (was released)")
     assert b.on_invocation_complete("never-seen", 5).outcome == "unknown"
-    assert b.guard.total_spent() == 0
+    assert b.guard.total_spent() == 0 and b.guard.total_held() == 0
 
 
 def test_a_settled_request_id_cannot_be_authorized_again():
@@ -298,12 +318,11 @@ def test_a_settled_request_id_cannot_be_authorized_again():
     assert b.guard.total_spent() == 200
 
 
-def test_completion_after_the_hold_expired_still_counts_the_spend():
-    now = [1000.0]
-    ledger = MemoryLedger(clock=lambda: now[0])
+def test_completion_after_the_hold_expired_still_counts_the_spend(clock: FakeClock):
+    ledger = MemoryLedger(clock=clock)
     b = BudgetChainGuard(guard_for(rust_policy(prices={"s1:search": 5}), ledger=ledger, reservation_ttl=10))
     b.evaluate(ctx("r1", cost_estimate=200))
-    now[0] += 11
+    clock.advance(11)
     assert ledger.expire() == ["r1"] and b.guard.total_spent() == 0
     r = b.on_invocation_complete("r1", 180)
     assert (r.outcome, r.committed_units) == ("committed_late", 180)
@@ -321,16 +340,14 @@ def test_chain_settlement_reaches_the_budget_guard():
 # -- concurrency: different requests reach the guard at once ------------------
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
-def test_concurrent_requests_never_overspend_and_totals_equal_commits(kind, tmp_path, request):
-    policy = unique_policy(max_total=1000, max_per_session=None, max_per_agent=None, max_per_tool=None,
-                           prices={"s1:search": 7})
-    b = budget(policy, ledger=ledger_uri(kind, tmp_path, request))
+def test_concurrent_requests_never_overspend_and_totals_equal_commits(store: Store):
+    policy = rust_policy(max_total=1000, max_per_session=None, max_per_agent=None, max_per_tool=None,
+                         prices={"s1:search": 7})
+    b = budget(policy, ledger=store.open())
     chain = GuardChain([AllowAll(), b, DenyOnTool("s1:rm")])
-    prefix = policy.id
 
     def call(i: int) -> tuple[str, int]:
-        rid = f"{prefix}-{i}"
+        rid = f"r{i}"
         d = chain.evaluate(ctx(rid, agent=f"a{i % 5}"))
         if not d.allowed:
             return "deny", 0
@@ -369,14 +386,13 @@ def test_concurrent_evaluations_of_one_guard_keep_their_own_evidence():
 
 
 def test_a_failure_after_the_hold_gives_the_reservation_back():
-    class ExplodingMetrics:
-        def set_open(self, *a):
+    class ExplodingMetrics(BudgetMetrics):
+        def observe_decision(self, *a):
             raise RuntimeError("metrics backend down")
 
-    b = budget()
-    b.metrics = ExplodingMetrics()
+    b = budget(metrics=ExplodingMetrics())
     d = GuardChain([b]).evaluate(ctx("r1", cost_estimate=200))
-    assert d.verdict == "deny" and "budget error (fail-closed)" in d.evidence[0].details
+    assert d.evidence[0].details == "budget error (fail-closed): RuntimeError: metrics backend down"
     assert b.open_holds() == 0 and b.guard.total_spent() == 0
     assert b.guard.ledger.open_reservations() == 0
 
@@ -387,33 +403,27 @@ def test_the_chain_member_has_no_rates_of_its_own():
         BudgetChainGuard(guard_for(rust_policy()), rates={"EUR": "1.085"})
 
 
-def test_holds_that_never_report_back_are_forgotten():
-    b = budget(forget_holds_after=0.0)
-    b.forget_check_every = 2
-    b.evaluate(ctx("r1", cost_estimate=1))
-    assert b.open_holds() == 1  # first evaluation: no sweep yet
-    b.evaluate(ctx("r2", cost_estimate=1))
-    assert b.open_holds() == 0  # second: both are older than 0 s and forgotten
-    assert b.on_invocation_complete("r1").outcome == "unknown"
+def test_holds_that_never_report_back_end_by_the_ledger_ttl_and_nothing_stays_in_the_guard(clock: FakeClock):
+    """The chain guard keeps no per-call state: an abandoned call's hold is the ledger's to expire."""
+    b = budget(ledger=MemoryLedger(clock=clock, ttl=60))
+    before = {k: repr(v) for k, v in vars(b).items()}
+    for i in range(50):
+        b.evaluate(ctx(f"r{i}", cost_estimate=1))
+    assert {k: repr(v) for k, v in vars(b).items()} == before, "the chain guard's own state never grows"
+    assert b.open_holds() == 50 and b.revalidate("r1").live
+    clock.advance(61)
+    assert b.revalidate("r1").state == "expired" and b.open_holds() == 0
 
 
-def test_a_ledger_that_raises_is_a_logged_deny():
-    from chio_budget.decisionlog import DecisionLog
-
-    class DownLedger:
-        def reserve(self, *a, **k):
-            raise ConnectionError("ledger unreachable")
-
-        def close(self):
-            pass
-
+def test_a_ledger_that_fails_is_a_logged_deny():
     events = []
-    b = BudgetChainGuard(guard_for(rust_policy(prices={"s1:search": 5}), ledger=DownLedger()),
+    ledger = Faulty(MemoryLedger(), reserve_fails="before")
+    b = BudgetChainGuard(guard_for(rust_policy(prices={"s1:search": 5}), ledger=ledger),
                          decision_log=DecisionLog(events.append))
     d = GuardChain([b]).evaluate(ctx("r1"))
-    assert d.verdict == "deny" and "ledger unreachable" in d.reason
+    assert d.reason == "budget: denied: ledger error: injected: reserve failed before running"
     (ev,) = events
-    assert ev["result"]["allow"] is False and "ledger unreachable" in ev["result"]["error"]
+    assert ev["result"]["allow"] is False and ev["result"]["error"] == "ledger error: injected: reserve failed before running"
     assert ev["input"]["cost"] == {"units": 5, "currency": "USD"} and ev["input"]["totals"] is None
 
 

@@ -11,7 +11,7 @@ from chio_budget.chain_guard import BudgetChainGuard
 from chio_budget.decisionlog import DecisionLog
 from chio_budget.kernel import GuardContext
 from chio_budget.metrics import BudgetMetrics
-from conftest import REGO_DIR
+from support.guards import REGO_DIR
 
 T0 = 1_767_225_600
 

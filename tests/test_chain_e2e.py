@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from typer.testing import CliRunner
 
 from chio_budget.chain import GuardChain
@@ -19,8 +18,9 @@ from chio_budget.chain_guard import BudgetChainGuard
 from chio_budget.cli import app
 from chio_budget.decisionlog import DecisionLog
 from chio_budget.metrics import BudgetMetrics
-from chain_support import AllowAll, DenyOnTool, ctx, ledger_uri, unique_policy
-from conftest import guard_for
+from support.backends import Store
+from support.chain import AllowAll, DenyOnTool, ctx
+from support.guards import guard_for, rust_policy
 
 
 def rust_cost(receipt: str, units: int) -> str:
@@ -34,19 +34,18 @@ def rust_cost(receipt: str, units: int) -> str:
     })
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
-def test_scripted_session_through_a_three_guard_chain(kind, tmp_path, request):
-    policy = unique_policy(max_total=1000, max_per_session=600, max_per_agent=500, max_per_tool=None,
+def test_scripted_session_through_a_three_guard_chain(store: Store, tmp_path):
+    policy = rust_policy(max_total=1000, max_per_session=600, max_per_agent=500, max_per_tool=None,
                          prices={"s1:search": 100, "s1:summarize": 250})
     log_path = tmp_path / "decisions.jsonl"
     metrics = BudgetMetrics()
     pid = policy.id
-    budget = BudgetChainGuard(guard_for(policy, ledger=ledger_uri(kind, tmp_path, request)), decision_log=DecisionLog(log_path), metrics=metrics)
+    budget = BudgetChainGuard(guard_for(policy, ledger=store.open()), decision_log=DecisionLog(log_path),
+                              metrics=metrics)
     allow_all, deny_rm = AllowAll(), DenyOnTool("s1:rm")
     chain = GuardChain([allow_all, budget, deny_rm])
 
     def step(rid, tool, agent="a1", **kw):
-        rid = f"{pid}-{rid}"  # request ids are receipt ids: unique per run on a shared Redis
         d = chain.evaluate(ctx(rid, tool=tool, agent=agent, **kw))
         return d, [(e.guard_name, e.verdict) for e in d.evidence]
 
@@ -54,12 +53,12 @@ def test_scripted_session_through_a_three_guard_chain(kind, tmp_path, request):
     d, ev = step("r1", "search")
     assert d.verdict == "allow" and ev == [("allow-all", "allow"), ("budget", "allow"), ("deny-on-tool", "allow")]
     assert d.evidence[1].details["estimate"] == {"units": 100, "currency": "USD", "source": "policy price"}
-    assert chain.on_invocation_complete(f"{pid}-r1", rust_cost("r1", 80))["budget"].committed_units == 80
+    assert chain.on_invocation_complete("r1", rust_cost("r1", 80))["budget"].committed_units == 80
 
     # 2. summarize: priced 250, settled without a cost -> the estimate
     d, ev = step("r2", "summarize")
     assert d.verdict == "allow"
-    assert chain.on_invocation_complete(f"{pid}-r2")["budget"].committed_units == 250
+    assert chain.on_invocation_complete("r2")["budget"].committed_units == 250
 
     # 3. rm: the budget allows (and holds), the last guard denies -> the hold is given back
     d, ev = step("r3", "rm", cost_estimate=10)
@@ -80,14 +79,14 @@ def test_scripted_session_through_a_three_guard_chain(kind, tmp_path, request):
     # 5. another agent in the same session: allowed, but the call fails -> released
     d, _ = step("r5", "search", agent="a2")
     assert d.verdict == "allow"
-    assert chain.on_invocation_complete(f"{pid}-r5", status="failed")["budget"].outcome == "released"
+    assert chain.on_invocation_complete("r5", status="failed")["budget"].outcome == "released"
 
     # 6. allowed at 100, actually cost 300: committed anyway and flagged
     d, _ = step("r6", "search", agent="a2")
     assert d.verdict == "allow"
-    s6 = chain.on_invocation_complete(f"{pid}-r6", 300)["budget"]
+    s6 = chain.on_invocation_complete("r6", 300)["budget"]
     assert (s6.outcome, s6.committed_units, s6.over_estimate) == ("committed", 300, True)
-    assert chain.on_invocation_complete(f"{pid}-r6", 300)["budget"].outcome == "already_settled"
+    assert chain.on_invocation_complete("r6", 300)["budget"].outcome == "already_settled"
 
     # 7. session sess-1 is at 630 > 600 now: denied on the session limit
     d, _ = step("r7", "search", agent="a2")
@@ -96,7 +95,7 @@ def test_scripted_session_through_a_three_guard_chain(kind, tmp_path, request):
 
     assert budget.guard.total_spent() == 630 and budget.guard.remaining() == 370
     assert budget.open_holds() == 0 and budget.guard.ledger.open_reservations() == 0
-    ids = [f"{pid}-r{i}" for i in range(1, 8)]
+    ids = [f"r{i}" for i in range(1, 8)]
     assert allow_all.seen == ids
 
     # The decision log: one decision per budget evaluation, one settlement per hold.

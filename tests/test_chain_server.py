@@ -7,8 +7,8 @@ from chio_budget.chain import GuardChain
 from chio_budget.chain_guard import BudgetChainGuard
 from chio_budget.decisionlog import DecisionLog
 from chio_budget.metrics import BudgetMetrics
-from chain_support import AllowAll, ctx
-from opa_fixtures import POLICIES_DIR, opa_server  # noqa: F401  (fixture)
+from support.chain import AllowAll, ctx
+from support.guards import POLICIES_DIR
 
 
 def test_chain_guard_over_an_opa_server_logs_and_fails_closed(opa_server):  # noqa: F811

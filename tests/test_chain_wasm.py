@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from chio_budget.chain import GuardChain
 from chio_budget.wasm import Allow, Deny, WasmGuardAdapter, request_to_context
-from chain_support import AllowAll, DenyOnTool, Pending, Raising, budget
+from support.chain import AllowAll, DenyOnTool, Pending, Raising, budget
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from chio_budget.cli import app
-from conftest import REGO_DIR, ROOT, U64_MAX
+from support.guards import REGO_DIR, ROOT, U64_MAX
 
 runner = CliRunner()
 META = {"receipt_id": "r1", "timestamp": 1000, "session_id": "sess-1", "agent_id": "a1",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from support.guards import ROOT
 
 BIN = ROOT / ".venv" / "bin" / "chio-budget"
 T0 = 1_767_225_600

@@ -9,7 +9,7 @@ import sys
 
 from chio_budget.compiler import (Compiled, as_compiled, canonical_json, compile_all, compile_dir, compile_policies,
                                   compile_policy, data_document, data_revision, revision_of)
-from conftest import rust_policy
+from support.guards import rust_policy
 
 
 def test_entry_has_design_shape_and_absent_limits_are_absent_keys():

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from chio_budget import CostMetadata
-from conftest import make_meta
+from support.guards import make_meta
 
 
 def test_colon_in_tool_server_is_refused():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chio_budget.engines.embedded import EmbeddedEngine
-from conftest import REGO_DIR
+from support.guards import REGO_DIR
 from decision_cases import CASES
 
 

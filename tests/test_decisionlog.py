@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from typer.testing import CliRunner
 
-from chio_budget.chain import GuardChain
 from chio_budget.cli import app
 from chio_budget.decisionlog import DecisionLog, explain, find_decision, read_events
 from chio_budget.errors import DecisionLogError
 from chio_budget.engines.function import FunctionEngine
 from chio_budget.shadow import ShadowPolicy
-from chain_support import AllowAll, budget, ctx
-from conftest import U64_MAX, guard_for, make_meta, rust_policy
+from support.chain import budget, ctx
+from support.guards import U64_MAX, guard_for, make_meta, rust_policy
 
 OPA_FIELDS = {"decision_id", "timestamp", "path", "input", "result", "bundles", "metrics", "labels"}
 
@@ -157,6 +155,22 @@ def test_a_broken_shadow_never_affects_the_call(tmp_path):
     assert b.evaluate(ctx("r1", cost_estimate=1)).verdict == "allow"
     (shadow,) = [e for e in lines(log) if e["type"] == "shadow"]
     assert "shadow down" in shadow["result"]["error"] and shadow["chio"]["diff"]["agree"] is False
+
+
+def test_a_shadow_with_a_limit_the_enforced_policy_lacks_is_judged_on_real_counters(tmp_path):
+    """Phase-1 finding: the enforced input had ``totals.agent: null`` (no agent limit to read it),
+    so a shadow with an agent limit answered ``invalid_input`` instead of judging."""
+    log = tmp_path / "d.jsonl"
+    enforced = rust_policy(max_per_session=None, max_per_agent=None, prices={"s1:search": 5})
+    shadow = guard_for(rust_policy(id="next", max_per_session=None, max_per_agent=250))
+    b = budget(enforced, decision_log=DecisionLog(log), shadows=[shadow])
+    assert set(b.guard.counter_keys(make_meta(agent="a1"))) == {"total", "agent"}  # tracked for the shadow
+    for i, agent in enumerate(["a1", "a1", "a2"]):
+        assert b.evaluate(ctx(f"r{i}", agent=agent, cost_estimate=200)).verdict == "allow"
+        b.on_invocation_complete(f"r{i}")
+    judged = [(e["input"]["totals"]["agent"], e["result"]["allow"], e["result"].get("error"),
+               [v["scope"] for v in e["result"]["violations"]]) for e in lines(log) if e["type"] == "shadow"]
+    assert judged == [(0, True, None, []), (200, False, None, ["agent"]), (0, True, None, [])]
 
 
 # -- explain ------------------------------------------------------------------

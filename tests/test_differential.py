@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from chio_budget.cost import CostMetadata
 from chio_budget.policy import BudgetPolicy
-from conftest import U64_MAX, guard_for
-from rust_model import RustEnforcer
+from support.guards import U64_MAX, guard_for
+from chio_budget.rust_model import RustEnforcer
 
 TOOLS = ["s1:t1", "s1:expensive", "s2:t1"]
 

@@ -13,7 +13,7 @@ from chio_budget.engines.embedded import EmbeddedEngine
 from chio_budget.errors import EngineError
 from chio_budget.guard import BudgetGuard
 from chio_budget.rego_files import rego_modules
-from conftest import REGO_DIR, make_meta, rust_policy
+from support.guards import REGO_DIR, make_meta, rust_policy
 from decision_cases import CASES
 
 

@@ -7,14 +7,16 @@ import threading
 
 import pytest
 
-from chio_budget.errors import LedgerError, PolicyError
+from chio_budget.decision import Decision
+from chio_budget.engines.function import FunctionEngine
+from chio_budget.errors import AmountError, LedgerError, PolicyError
 from chio_budget.guard import BudgetGuard, Evaluation
 from chio_budget.ledger import MemoryLedger, open_ledger
 from chio_budget.money import MonetaryAmount
-from conftest import guard_for, make_meta, rust_policy
-from ledger_fixtures import FakeClock, Faulty, Store, clock, store  # noqa: F401
+from support.backends import Faulty, Store
+from support.clock import FakeClock
+from support.guards import U64_MAX, guard_for, make_meta, rust_policy
 
-U64_MAX = 2**64 - 1
 TOTAL_ONLY = dict(max_per_session=None, max_per_agent=None, max_per_tool=None)
 
 
@@ -94,15 +96,15 @@ def test_commit_above_estimate_is_counted_in_full():
 def test_bad_cost_is_rejected_before_anything_is_recorded():
     g = guard_for(rust_policy())
     for bad in (-1, 1.5, True, 2**64):
-        with pytest.raises(ValueError):
+        with pytest.raises(AmountError):
             g.authorize(make_meta(), bad)
-        with pytest.raises(ValueError):
+        with pytest.raises(AmountError):
             g.record(make_meta(), bad)
     # A foreign cost without a rate oracle: check/authorize deny (a policy decision), record refuses.
     d = g.check(make_meta(), MonetaryAmount(units=1, currency="EUR"))
     assert [v.code for v in d.violations] == ["rate_unavailable"] and d.error is None
     assert not g.authorize(make_meta(), MonetaryAmount(units=1, currency="EUR")).allow
-    with pytest.raises(ValueError, match="no rate oracle"):
+    with pytest.raises(AmountError, match="no rate oracle"):
         g.record(make_meta(), MonetaryAmount(units=1, currency="EUR"))
     assert g.total_spent() == 0 and g.ledger.open_reservations() == 0
 
@@ -206,18 +208,9 @@ def test_counter_keys_are_only_the_counters_a_limit_reads():
 
 def test_fresh_agent_and_session_ids_keep_no_counters_without_such_limits():
     """20,000 calls, each with a new agent and session id: the memory ledger keeps O(1) counters."""
-    class AllowAll:
-        name = "allow-all"
-
-        def decide(self, input):
-            from chio_budget import Decision
-            return Decision(allow=True, policy_id=input["policy_id"])
-
-        def close(self):
-            pass
-
     ledger = MemoryLedger()
-    g = BudgetGuard(rust_policy(max_per_session=None, max_per_agent=None), AllowAll(), ledger)
+    allow_all = FunctionEngine(lambda input: Decision(allow=True, policy_id=input["policy_id"]))
+    g = BudgetGuard(rust_policy(max_per_session=None, max_per_agent=None), allow_all, ledger)
     for i in range(10_000):
         meta = make_meta(f"agent-{i}", tool="expensive" if i % 2 else "t1", receipt=f"r{i}", session=f"sess-{i}")
         g.record(meta, 1)
@@ -252,6 +245,29 @@ def test_reused_receipt_for_another_request_is_denied(store: Store):
         d = g.authorize(other, 100).decision
         assert not d.allow and d.error == "receipt 'r1' is already held for a different request"
     assert g.total_held() == 100 and g.ledger.open_reservations() == 1
+
+
+def test_reused_receipt_for_another_request_is_denied_even_when_the_counters_are_the_same(store: Store):
+    """Issue 9 item 7, second half: under a policy with only a total limit every request has
+    the same counter keys, so comparing keys let another agent/session/tool take over r1's hold."""
+    g = guard_for(rust_policy(**TOTAL_ONLY), ledger=store.open())
+    assert g.authorize(make_meta("a1", receipt="r1"), 100).allow
+    for other in (make_meta("a2", receipt="r1"), make_meta(tool="expensive", receipt="r1"),
+                  make_meta(session="sess-2", receipt="r1"), make_meta(session=None, receipt="r1")):
+        assert g.counter_keys(other) == g.counter_keys(make_meta("a1"))
+        d = g.authorize(other, 100).decision
+        assert (d.allow, d.error) == (False, "receipt 'r1' is already held for a different request")
+    assert g.authorize(make_meta("a1", receipt="r1"), 100).allow  # the same request: a retry
+    assert g.total_held() == 100 and g.ledger.open_reservations() == 1
+
+
+def test_the_guard_stores_the_request_identity_with_the_callers_book(store: Store):
+    g = guard_for(rust_policy(**TOTAL_ONLY), ledger=store.open())
+    g.authorize(make_meta("a1", receipt="r1"), 100, book={"note": "mine"})
+    g.authorize(make_meta("a1", receipt="r2", session=None), 100)
+    ident = {"policy_id": "default", "agent_id": "a1", "session_id": "sess-1", "tool_key": "s1:t1"}
+    assert g.ledger.get("r1").book == {"note": "mine", "identity": ident}
+    assert g.ledger.get("r2").book == {"identity": dict(ident, session_id=None)}
 
 
 @pytest.mark.parametrize("bad", [0, -5, math.nan, math.inf, -math.inf])
@@ -321,3 +337,18 @@ def test_deny_path_release_failing_is_still_a_deny(store: Store):
     assert g.orphan_cleanup_failures == 1
     ledger.release_fails = False
     assert g.ledger.release("r1").outcome == "released"
+
+
+def test_tracking_another_policy_keeps_its_counters_without_changing_decisions():
+    enforced = rust_policy(**TOTAL_ONLY)
+    shadow = rust_policy(id="next", max_per_session=100, max_per_agent=200, max_per_tool={"s1:x": 5})
+    g = guard_for(enforced, track=[shadow])
+    assert g.counter_keys(make_meta(tool="x")) == {
+        "total": "default//total/", "session": "default//session/sess-1", "agent": "default//agent/a1",
+        "tool": "default//tool/s1:x"}
+    assert set(g.counter_keys(make_meta(tool="t1", session=None))) == {"total", "agent"}
+    g.track(shadow)  # tracking twice is tracking once
+    assert g.tracked == (shadow,)
+    assert g.authorize(make_meta(receipt="r1"), 300).allow, "no limit of the tracked policy applies here"
+    e = g.evaluate(make_meta(receipt="r2"), 1)
+    assert e.input["totals"] == {"total": 300, "session": 300, "agent": 300, "tool": None}

@@ -14,8 +14,7 @@ import redis
 
 from chio_budget.errors import LedgerError
 from chio_budget.ledger import Balance, open_ledger
-from conftest import guard_for, make_meta, rust_policy
-from ledger_fixtures import redis_cluster  # noqa: F401
+from support.guards import guard_for, make_meta, rust_policy
 
 pytestmark = pytest.mark.cluster
 

@@ -21,10 +21,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chio_budget.errors import LedgerError
+from chio_budget.errors import AmountError, LedgerError
 from chio_budget.ledger import Balance, Ledger, MemoryLedger, Reservation, counter_key
-from ledger_fixtures import (FakeClock, Store, clock, late_commit_worker, make_store, shared_store,
-                             store)  # noqa: F401
+from support.backends import Store
+from support.clock import FakeClock
+from support.workload import late_commit_worker
 
 U64_MAX = 2**64 - 1
 A, B, C = "p//total/", "p//agent/a1", "p//tool/s1:t1"
@@ -407,12 +408,12 @@ def test_spent_saturates_at_u64_max_and_holds_never_take_it_away(store: Store):
 def test_amounts_outside_u64_are_refused_and_change_nothing(store: Store, bad):
     ledger = store.open()
     ledger.reserve("held", [A], 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(AmountError):
         ledger.reserve("r1", [A], bad)
-    with pytest.raises(ValueError):
+    with pytest.raises(AmountError):
         ledger.add([A], bad)
     if bad is not None:
-        with pytest.raises(ValueError):
+        with pytest.raises(AmountError):
             ledger.commit("held", bad)
     assert ledger.totals([A]) == [3]
     assert ledger.commit("held").outcome == "committed"

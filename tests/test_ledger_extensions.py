@@ -17,10 +17,10 @@ import pytest
 
 from chio_budget.errors import AmountError, LedgerError
 from chio_budget.ledger import Balance, MemoryLedger
-from ledger_fixtures import (FakeClock, Store, clock, fleet_worker, shared_store, store,
-                             window_worker)  # noqa: F401
-
-U64_MAX = 2**64 - 1
+from support.backends import Store
+from support.clock import FakeClock
+from support.guards import U64_MAX
+from support.workload import fleet_worker, window_worker
 K, R1, R2, OTHER = "p/b2/total/", "p/b1/total/", "p/b0/total/", "p//agent/a1"
 
 

@@ -17,9 +17,9 @@ import pytest
 
 from chio_budget.errors import LedgerError
 from chio_budget.ledger import Balance, open_ledger
-from conftest import guard_for, make_meta, rust_policy
-from ledger_fixtures import POSTGRES_URL, _drop_schema, need_postgres, postgres_uri
-from tcp_proxy import TcpProxy
+from support.backends import POSTGRES_URL, drop_schema, need_postgres, postgres_uri
+from support.guards import guard_for, make_meta, rust_policy
+from support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.postgres
 U64_MAX = 2**64 - 1
@@ -30,7 +30,7 @@ def schema():
     need_postgres()
     name = f"chio_test_{uuid.uuid4().hex[:12]}"
     yield name
-    _drop_schema(name)
+    drop_schema(name)
 
 
 def _sql(query: str, *args):

@@ -13,8 +13,8 @@ import uuid
 import pytest
 
 from chio_budget.ledger import open_ledger
-from conftest import guard_for, make_meta, rust_policy
-from ledger_fixtures import REDIS_URL, need_redis
+from support.backends import REDIS_URL, need_redis
+from support.guards import guard_for, make_meta, rust_policy
 from redis_proxy import RedisProxy
 
 pytestmark = pytest.mark.redis

@@ -12,8 +12,8 @@ from chio_budget import Decision
 from chio_budget.chain_guard import BudgetChainGuard
 from chio_budget.engines.function import FunctionEngine
 from chio_budget.metrics import BudgetMetrics
-from chain_support import budget, ctx
-from conftest import guard_for, rust_policy
+from support.chain import budget, ctx
+from support.guards import guard_for, rust_policy
 
 
 def samples(m: BudgetMetrics) -> dict[tuple, float]:

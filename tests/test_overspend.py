@@ -1,6 +1,6 @@
 """Tests that would catch an overspend, against the real backends and the real OPA.
 
-Invariants, checked after every run (``ledger_fixtures.audit``):
+Invariants, checked after every run (``support.workload.audit``):
 
 - committed spend never exceeds any limit (the "overspend" is 0);
 - every counter in the ledger equals the sum of the commits touching it,
@@ -34,9 +34,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from chio_budget.ledger import open_ledger
-from conftest import ROOT
-from ledger_fixtures import (FakeClock, Store, audit, embedded_guard, make_store, merge_results, process_worker,
-                             run_requests, tight_policy)
+from support.backends import Store, make_store
+from support.clock import FakeClock
+from support.guards import ROOT, guard_for, make_meta, rust_policy
+from support.workload import audit, merge_results, process_worker, run_requests, tight_policy
 
 THREADS = 8
 PROCESSES = 4
@@ -82,7 +83,7 @@ def test_threads_never_overspend(kind, tmp_path, request):
     ledger = store.open(clock=clock)
     n = PER_THREAD[kind]
     policy = tight_policy(THREADS * n)
-    guard = embedded_guard(policy, ledger)
+    guard = guard_for(policy, ledger=ledger)
     barrier = threading.Barrier(THREADS)
     try:
         with cf.ThreadPoolExecutor(THREADS) as pool:
@@ -155,7 +156,7 @@ def test_sqlite_survives_sigkill_mid_run(tmp_path):
     for round_ in range(3):
         before = len(_read_log(log))
         child = subprocess.Popen([sys.executable, "-c",
-                                  f"import ledger_fixtures as f; f.crash_child({uri!r}, {str(log)!r}, {round_})"],
+                                  f"import support.workload as w; w.crash_child({uri!r}, {str(log)!r}, {round_})"],
                                  env=env, stderr=subprocess.PIPE)
         try:
             while len(_read_log(log)) < before + 150:  # let it get well into the run
@@ -220,11 +221,9 @@ class _CheckThenAct:
 
 def test_audit_catches_the_overspend_of_a_check_then_act_ledger():
     from chio_budget.ledger import MemoryLedger
-    from conftest import make_meta, rust_policy
-
     policy = rust_policy()
     ledger = MemoryLedger()
-    guard = embedded_guard(policy, _CheckThenAct(ledger, threading.Barrier(2)))
+    guard = guard_for(policy, ledger=_CheckThenAct(ledger, threading.Barrier(2)))
     committed = []
 
     def spend(i):

@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from conftest import ROOT
+from support.guards import ROOT
 
 
 @pytest.mark.slow

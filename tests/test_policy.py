@@ -7,6 +7,7 @@ import pytest
 from chio_budget.errors import PolicyError
 from chio_budget.money import MonetaryAmount
 from chio_budget.policy import load_policies, parse_policy
+from support.guards import POLICIES_DIR
 
 
 def write(d, name, text):
@@ -122,9 +123,7 @@ def test_empty_directory_is_an_error(tmp_path):
 
 
 def test_shipped_example_policies_load():
-    from conftest import ROOT
-
-    policies = load_policies(ROOT / "policies")
+    policies = load_policies(POLICIES_DIR)
     assert "default" in policies
     assert policies["default"].max_per_tool["s1:expensive"].units == 500
 

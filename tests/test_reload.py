@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from chio_budget import BudgetGuard, CostMetadata, ReloadError
-from conftest import REGO_DIR
+from support.guards import REGO_DIR
 
 T0 = 1_767_225_600
 

@@ -11,7 +11,7 @@ import pytest
 from chio_budget import BudgetGuard, CostMetadata, ReloadError
 from chio_budget.bundle import bundle_contents
 from chio_budget.engines.opa_http import make_client, push
-from opa_fixtures import REGO_DIR, opa_server_blank  # noqa: F401 (fixture)
+from support.guards import REGO_DIR
 
 T0 = 1_767_225_600
 

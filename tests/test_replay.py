@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from support.guards import ROOT
 
 CLI = str(Path(sys.executable).parent / "chio-budget")  # .venv/bin/chio-budget: this tree's code
 META = {"receipt_id": "r1", "timestamp": 1000, "agent_id": "a1", "tool_server": "s1", "tool_name": "t1"}

@@ -1,6 +1,6 @@
 """A fleet of kernel replicas on one shared ledger, with faults (issue 13 part 3).
 
-Four processes (``fleet_replica.py``), each its own ``BudgetGuard`` with the
+Four processes (``support/fleet_replica.py``), each its own ``BudgetGuard`` with the
 real embedded OPA, authorize -> commit/release random costs against a small
 budget until it is spent, on PostgreSQL, on a Redis server of the test's own
 (``appendonly yes``, ``appendfsync always``) and on a Redis Cluster of the
@@ -41,10 +41,10 @@ from typing import Callable
 import pytest
 
 from chio_budget.ledger import open_ledger
-from conftest import ROOT
-from fleet_replica import POLICY, TTL
-from ledger_fixtures import POSTGRES_URL, _drop_schema, need_cluster, need_postgres
-from tcp_proxy import TcpProxy
+from support.backends import POSTGRES_URL, drop_schema, need_cluster, need_postgres
+from support.fleet_replica import POLICY, TTL
+from support.guards import ROOT
+from support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 REPLICAS = 4
@@ -55,7 +55,7 @@ OUTAGE = 1.0  # seconds the ledger is away (PostgreSQL: 2.5, since a call waits 
 def _spawn(uri: str, log: Path, seed: int, go: Path, stop: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "plugin"), str(ROOT / "tests")]),
                GOMAXPROCS="1")
-    code = f"import fleet_replica as f; f.main({uri!r}, {str(log)!r}, {seed}, {str(go)!r}, {str(stop)!r})"
+    code = f"import support.fleet_replica as f; f.main({uri!r}, {str(log)!r}, {seed}, {str(go)!r}, {str(stop)!r})"
     return subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
 
 
@@ -212,12 +212,12 @@ def test_fleet_on_postgres_survives_a_kill_terminated_backends_and_a_partition(t
         ledger.close()
         for p in proxies:
             p.close()
-        _drop_schema(schema)
+        drop_schema(schema)
 
 
 def test_fleet_on_redis_survives_a_kill_and_a_server_killed_and_restarted(tmp_path):
     need_cluster()  # a server of our own: needs redis-server, like the cluster
-    from redis_servers import RedisServer
+    from support.redis_servers import RedisServer
 
     server = RedisServer(durable=True)
     slow = TcpProxy(("127.0.0.1", server.port), delay=0.002)
@@ -244,7 +244,7 @@ def test_fleet_on_redis_survives_a_kill_and_a_server_killed_and_restarted(tmp_pa
 
 def test_fleet_on_redis_cluster_survives_a_kill_and_its_master_killed_and_restarted(tmp_path):
     need_cluster()
-    from redis_servers import RedisClusterProcess
+    from support.redis_servers import RedisClusterProcess
 
     cluster = RedisClusterProcess(durable=True)
     prefix = f"chio-fleet-{uuid.uuid4().hex[:8]}"

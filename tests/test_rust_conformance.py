@@ -11,7 +11,7 @@ import json
 import pytest
 
 from chio_budget import (AgentViolation, BudgetViolation, SessionViolation, ToolViolation, TotalViolation)
-from conftest import U64_MAX, guard_for, make_meta, rust_policy
+from support.guards import U64_MAX, guard_for, make_meta, rust_policy
 
 
 @pytest.fixture

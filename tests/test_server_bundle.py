@@ -19,7 +19,8 @@ from chio_budget.compiler import compile_all, compile_policies, data_revision
 from chio_budget.engines import make_engine
 from chio_budget.engines.opa_http import PUSH_PREFIX, make_client, push
 from chio_budget.policy import load_policies
-from opa_fixtures import POLICIES_DIR, REGO_DIR, opa_server_blank, start_opa  # noqa: F401 (fixture)
+from support.guards import POLICIES_DIR, REGO_DIR
+from support.opa import start_opa
 
 
 @pytest.fixture

@@ -19,9 +19,8 @@ import pytest
 from chio_budget import BudgetGuard, EngineError
 from chio_budget.engines import make_engine
 from chio_budget.engines.deadline import Call
-from conftest import make_meta
-from opa_fixtures import POLICIES_DIR, opa_server  # noqa: F401 (fixture)
-from test_server_engine import DATA, _input
+from support.guards import POLICIES_DIR, make_meta
+from support.opa import REPO_COMPILED, engine_input
 
 SLACK = 2.0  # seconds on top of the timeout: generous, never a tight wall-time claim
 
@@ -41,17 +40,17 @@ def _decide_within(engine, inp, bound: float):
 ], ids=["whole_answer", "body_only"])
 def test_a_trickling_server_is_cut_at_the_deadline_and_the_decision_denies(opa_server, trickle, trickle_after,
                                                                            timeout):
-    engine = make_engine("server", DATA, opa_url=opa_server.url, timeout=timeout, retries=0)
+    engine = make_engine("server", REPO_COMPILED, opa_url=opa_server.url, timeout=timeout, retries=0)
     try:
-        assert engine.decide(_input(1)).allow  # healthy first: the same engine, the same pool
+        assert engine.decide(engine_input(1)).allow  # healthy first: the same engine, the same pool
         opa_server.faults.set(trickle=trickle, trickle_after=trickle_after)
-        d = _decide_within(engine, _input(1), timeout + SLACK)
+        d = _decide_within(engine, engine_input(1), timeout + SLACK)
         assert d is not None, f"the decision was still running {timeout + SLACK}s after it started"
         assert not d.allow and d.violations == []
         assert d.error.startswith("engine error: timeout"), d.error
         assert opa_server.faults.hits == 1  # one request, cut; never sent twice
         opa_server.faults.clear()
-        assert engine.decide(_input(1)).allow  # the cut connection is not reused
+        assert engine.decide(engine_input(1)).allow  # the cut connection is not reused
     finally:
         opa_server.faults.clear()
         engine.close()
@@ -111,11 +110,11 @@ def test_a_finished_call_is_never_cut():
 @pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), None])
 def test_a_timeout_that_bounds_nothing_is_refused(timeout):
     with pytest.raises(EngineError, match="timeout must be a finite number of seconds > 0"):
-        make_engine("server", DATA, opa_url="http://127.0.0.1:1", timeout=timeout)
+        make_engine("server", REPO_COMPILED, opa_url="http://127.0.0.1:1", timeout=timeout)
 
 
 def test_a_closed_engine_denies_rather_than_deciding_without_a_deadline(opa_server):
-    engine = make_engine("server", DATA, opa_url=opa_server.url)
+    engine = make_engine("server", REPO_COMPILED, opa_url=opa_server.url)
     engine.close()
-    d = engine.decide(_input(1))
+    d = engine.decide(engine_input(1))
     assert not d.allow and d.error == "engine error: the engine is closed"

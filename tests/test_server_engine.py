@@ -11,15 +11,13 @@ from typer.testing import CliRunner
 
 from chio_budget import BudgetGuard, EngineError
 from chio_budget.cli import app
-from chio_budget.compiler import Compiled, compile_all
+from chio_budget.compiler import Compiled
 from chio_budget.engines import make_engine
 from chio_budget.engines.opa_http import make_client
 from chio_budget.engines.server import ServerEngine
-from chio_budget.policy import load_policies
-from conftest import make_meta
-from opa_fixtures import POLICIES_DIR, REGO_DIR, opa_server, opa_server_blank  # noqa: F401 (fixtures)
+from support.guards import POLICIES_DIR, REGO_DIR, make_meta
+from support.opa import REPO_COMPILED, engine_input
 
-DATA = compile_all(load_policies(POLICIES_DIR))
 META_JSON = json.dumps({"receipt_id": "r1", "timestamp": 1000, "session_id": "sess-1", "agent_id": "a1",
                         "tool_server": "s1", "tool_name": "t1"})
 
@@ -38,7 +36,7 @@ def test_guard_from_files_decides_through_the_bundle(opa_server):
             "scope": "agent", "agent_id": "a1", "limit_units": 3000, "current_units": 2900,
             "requested_units": 200, "currency": "USD"}
         assert guard.total_spent() == 2900
-        assert over.decision.policy_revision == DATA.revisions["default"]
+        assert over.decision.policy_revision == REPO_COMPILED.revisions["default"]
     finally:
         guard.close()
 
@@ -75,62 +73,54 @@ def test_cli_reports_an_unreachable_opa_as_a_start_up_error(opa_server):
 def test_start_up_fails_clearly_when_opa_never_becomes_healthy(opa_server):
     opa_server.faults.set(status=500, match="GET /health")
     with pytest.raises(EngineError, match="did not become healthy within 0.3s"):
-        make_engine("server", DATA, opa_url=opa_server.url, ready_timeout=0.3, retries=0)
+        make_engine("server", REPO_COMPILED, opa_url=opa_server.url, ready_timeout=0.3, retries=0)
 
 
 def test_start_up_fails_clearly_when_nothing_listens(opa_server):
     opa_server.stop()
     with pytest.raises(EngineError, match=f"OPA at {opa_server.url} did not become healthy"):
-        make_engine("server", DATA, opa_url=opa_server.url, ready_timeout=0.2, retries=0)
+        make_engine("server", REPO_COMPILED, opa_url=opa_server.url, ready_timeout=0.2, retries=0)
 
 
 def test_start_up_refuses_a_server_without_this_guards_policies(opa_server_blank):
     with pytest.raises(EngineError, match="does not serve this guard's policies.*chio-budget push"):
-        make_engine("server", DATA, opa_url=opa_server_blank.url, ready_timeout=0.3)
+        make_engine("server", REPO_COMPILED, opa_url=opa_server_blank.url, ready_timeout=0.3)
 
 
 def test_start_up_refuses_other_revisions_unless_told_not_to_verify(opa_server_blank):
-    make_engine("server", DATA, opa_url=opa_server_blank.url, push=True, rego_dir=REGO_DIR).close()
-    other = json.loads(json.dumps(DATA.budget))
+    make_engine("server", REPO_COMPILED, opa_url=opa_server_blank.url, push=True, rego_dir=REGO_DIR).close()
+    other = json.loads(json.dumps(REPO_COMPILED.budget))
     other["policies"]["default"]["revision"] = "sha256:other"
     other = Compiled.from_budget(other)
     with pytest.raises(EngineError, match="policy 'default' is at revision sha256:.* on the server, sha256:other here"):
         make_engine("server", other, opa_url=opa_server_blank.url, ready_timeout=0.3)
     unchecked = make_engine("server", other, opa_url=opa_server_blank.url, verify_revision=False)
     try:
-        inp = _input(100)
+        inp = engine_input(100)
         assert unchecked.decide(inp).allow
     finally:
         unchecked.close()
 
 
 def test_push_at_start_up_serves_a_bare_opa(opa_server_blank):
-    engine = make_engine("server", DATA, opa_url=opa_server_blank.url, push=True, rego_dir=REGO_DIR)
+    engine = make_engine("server", REPO_COMPILED, opa_url=opa_server_blank.url, push=True, rego_dir=REGO_DIR)
     try:
-        assert engine.decide(_input(100)).allow
-        assert not engine.decide(_input(10**5)).allow
+        assert engine.decide(engine_input(100)).allow
+        assert not engine.decide(engine_input(10**5)).allow
     finally:
         engine.close()
 
 
-def _input(units: int, agent: str = "a1") -> dict:
-    return {"policy_id": "default",
-            "request": {"receipt_id": "r1", "timestamp": 1000, "agent_id": agent, "session_id": None,
-                        "tool_server": "s1", "tool_name": "t1", "tool_key": "s1:t1"},
-            "cost": {"units": units, "currency": "USD"},
-            "totals": {"total": 0, "session": None, "agent": 0, "tool": 0}}
-
-
 def test_one_engine_shared_by_threads_gives_every_thread_its_own_answer(opa_server):
     """Many threads, one client: each gets the decision for its own input, over reused connections."""
-    engine = make_engine("server", DATA, opa_url=opa_server.url, pool_size=8)
+    engine = make_engine("server", REPO_COMPILED, opa_url=opa_server.url, pool_size=8)
     connections_before = opa_server.front.connections
     wrong: list[str] = []
 
     def worker(n: int) -> None:
         for i in range(40):
             units = 2990 + (n + i) % 20  # agent limit 3000: allowed iff units <= 3000
-            d = engine.decide(_input(units, agent=f"a{n}"))
+            d = engine.decide(engine_input(units, agent=f"a{n}"))
             if d.error or d.allow != (units <= 3000) or (not d.allow and d.violation.agent_id != f"a{n}"):
                 wrong.append(f"thread {n} units {units}: {d.to_json_dict()}")
 
@@ -145,9 +135,9 @@ def test_one_engine_shared_by_threads_gives_every_thread_its_own_answer(opa_serv
 
 
 def test_bearer_token_is_sent(opa_server):
-    engine = make_engine("server", DATA, opa_url=opa_server.url, token="s3cret")
+    engine = make_engine("server", REPO_COMPILED, opa_url=opa_server.url, token="s3cret")
     try:
-        engine.decide(_input(1))
+        engine.decide(engine_input(1))
         assert opa_server.front.last_headers.get("Authorization") == "Bearer s3cret"
     finally:
         engine.close()
@@ -161,7 +151,7 @@ def test_bearer_token_is_sent(opa_server):
 ])
 def test_bad_urls_are_refused_before_any_request(url, problem):
     with pytest.raises(EngineError, match=problem):
-        make_engine("server", DATA, opa_url=url)
+        make_engine("server", REPO_COMPILED, opa_url=url)
 
 
 def test_https_url_and_options_reach_the_client():
@@ -177,26 +167,26 @@ def test_https_url_and_options_reach_the_client():
 
 def test_unknown_engine_options_are_errors_not_silently_ignored():
     with pytest.raises(EngineError, match="unknown option.*tiemout"):
-        make_engine("server", DATA, opa_url="http://127.0.0.1:1", tiemout=3)
+        make_engine("server", REPO_COMPILED, opa_url="http://127.0.0.1:1", tiemout=3)
 
 
 def test_missing_url_names_every_way_to_give_one(monkeypatch):
     monkeypatch.delenv("CHIO_OPA_URL", raising=False)
     with pytest.raises(EngineError, match="CHIO_OPA_URL"):
-        make_engine("server", DATA)
+        make_engine("server", REPO_COMPILED)
 
 
 def test_opa_url_from_env_for_the_python_api(opa_server, monkeypatch):
     monkeypatch.setenv("CHIO_OPA_URL", opa_server.url)
-    engine = make_engine("server", DATA)
+    engine = make_engine("server", REPO_COMPILED)
     try:
-        assert engine.decide(_input(5)).allow
+        assert engine.decide(engine_input(5)).allow
     finally:
         engine.close()
 
 
 def test_decide_never_raises_on_garbage_input(opa_server):
-    engine = make_engine("server", DATA, opa_url=opa_server.url)
+    engine = make_engine("server", REPO_COMPILED, opa_url=opa_server.url)
     try:
         d = engine.decide({"policy_id": "default", "cost": {"units": float("nan")}})  # not JSON-encodable
         assert not d.allow and d.error
@@ -205,16 +195,16 @@ def test_decide_never_raises_on_garbage_input(opa_server):
 
 
 def test_engine_is_reachable_as_serverengine_from_options(opa_server):
-    e = ServerEngine.from_options(DATA, rego_dir=None, opa_url=opa_server.url)
+    e = ServerEngine.from_options(REPO_COMPILED, rego_dir=None, opa_url=opa_server.url)
     try:
         assert requests.get(opa_server.url + "/health", timeout=2).status_code == 200
-        assert e.decide(_input(1)).allow
+        assert e.decide(engine_input(1)).allow
     finally:
         e.close()
 
 
 def test_decide_never_raises_whatever_the_input(opa_server):
-    engine = make_engine("server", DATA, opa_url=opa_server.url)
+    engine = make_engine("server", REPO_COMPILED, opa_url=opa_server.url)
     try:
         for bad in [{"policy_id": {"not": "a string"}}, {"policy_id": ["x"]}, {}, {"policy_id": None}]:
             d = engine.decide(bad)
@@ -225,15 +215,15 @@ def test_decide_never_raises_whatever_the_input(opa_server):
 
 def test_a_decision_for_a_policy_this_guard_did_not_compile_is_refused(opa_server_blank):
     """OPA may know more policies than the guard; their decisions are not vouched for."""
-    both = json.loads(json.dumps(DATA.budget))
+    both = json.loads(json.dumps(REPO_COMPILED.budget))
     both["policies"]["other"] = dict(both["policies"]["default"])
     both = Compiled.from_budget(both)
     make_engine("server", both, opa_url=opa_server_blank.url, push=True, rego_dir=REGO_DIR).close()
-    engine = make_engine("server", DATA, opa_url=opa_server_blank.url)
+    engine = make_engine("server", REPO_COMPILED, opa_url=opa_server_blank.url)
     try:
-        d = engine.decide({**_input(1), "policy_id": "other"})
+        d = engine.decide({**engine_input(1), "policy_id": "other"})
         assert not d.allow and "which this guard did not compile" in d.error
-        assert engine.decide(_input(1)).allow
+        assert engine.decide(engine_input(1)).allow
     finally:
         engine.close()
 
@@ -276,7 +266,7 @@ def test_credentials_in_the_url_are_redacted_from_start_up_errors(opa_server):
     url = _with_credentials(opa_server.url)
     opa_server.stop()
     with pytest.raises(EngineError) as caught:
-        make_engine("server", DATA, opa_url=url, ready_timeout=0.2, retries=0)
+        make_engine("server", REPO_COMPILED, opa_url=url, ready_timeout=0.2, retries=0)
     assert "s3cret" not in str(caught.value) and "alice" not in str(caught.value)
     assert "http://***@127.0.0.1" in str(caught.value)
 
@@ -285,15 +275,15 @@ def test_credentials_in_the_url_are_redacted_from_start_up_errors(opa_server):
                                  "http://alice:s3cret@127.0.0.1:1/opa"])
 def test_credentials_in_a_bad_url_are_redacted_from_the_refusal(url):
     with pytest.raises(EngineError) as caught:
-        make_engine("server", DATA, opa_url=url)
+        make_engine("server", REPO_COMPILED, opa_url=url)
     assert "s3cret" not in str(caught.value) and "***@" in str(caught.value)
 
 
 def test_credentials_in_the_url_are_sent_as_basic_auth_and_redacted_from_cli_errors(opa_server):
     url = _with_credentials(opa_server.url)
-    engine = make_engine("server", DATA, opa_url=url)
+    engine = make_engine("server", REPO_COMPILED, opa_url=url)
     try:
-        assert engine.decide(_input(1)).allow
+        assert engine.decide(engine_input(1)).allow
         assert opa_server.front.last_headers.get("Authorization") == "Basic YWxpY2U6czNjcmV0"  # alice:s3cret
         assert "s3cret" not in engine.url
     finally:

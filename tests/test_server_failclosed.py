@@ -9,8 +9,8 @@ import requests
 from chio_budget import BudgetGuard
 from chio_budget.compiler import compile_all
 from chio_budget.policy import load_policies
-from conftest import make_meta
-from opa_fixtures import POLICIES_DIR, REGO_DIR, OpaServer, opa_server_blank  # noqa: F401 (fixture)
+from support.guards import POLICIES_DIR, REGO_DIR, make_meta
+from support.opa import OpaServer
 
 _POLICIES = compile_all(load_policies(POLICIES_DIR)).budget["policies"]
 

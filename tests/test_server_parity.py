@@ -16,7 +16,8 @@ from chio_budget.engines.opa_http import make_client, push
 from chio_budget.engines.server import ServerEngine
 from chio_budget.rego_files import rego_modules
 from decision_cases import CASES
-from opa_fixtures import REGO_DIR, start_opa
+from support.guards import REGO_DIR
+from support.opa import start_opa
 
 
 @pytest.fixture(scope="module")

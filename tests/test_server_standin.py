@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import requests
 
-from opa_fixtures import opa_server_blank  # noqa: F401 (fixture)
 
 POLICY = "package demo\n\nallow if input.user == data.demo_data.admin\n"
 

@@ -9,19 +9,27 @@ the conversion of a foreign cost. ``Authorization`` settles its reservation
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .conversion import Conversion
 from .decision import Decision
-from .ledger import Settlement
+from .ledger import Ledger, Settlement
 from .money import MonetaryAmount
 from .rates import RateOracle
 
-if TYPE_CHECKING:
-    from .guard import BudgetGuard
-
 Cost = int | MonetaryAmount
 """A cost: policy-currency minor units, or an amount in any currency."""
+
+
+class _Issuer(Protocol):
+    """What an ``Authorization`` needs of the ``BudgetGuard`` that made it (named here, not
+    imported: the guard imports this module)."""
+
+    ledger: Ledger
+
+    def _settle_units(self, auth: "Authorization", actual: MonetaryAmount) -> int | None: ...
+
+    def _give_back(self, receipt_id: str, attempt: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,7 @@ class Authorization:
     decision: Decision
     receipt_id: str
     estimate_units: int
-    _guard: "BudgetGuard" = field(repr=False)
+    _guard: _Issuer = field(repr=False)
     input: dict[str, Any] | None = None
     """The exact OPA input sent (None when OPA was not asked)."""
     eval_ns: int | None = None
@@ -88,3 +96,13 @@ class Authorization:
         if not self._held:
             return Settlement(self.receipt_id, "unknown")
         return self._guard.ledger.release(self.receipt_id)
+
+    def give_back(self) -> None:
+        """Release the hold only if this ``authorize`` call created it, never raising.
+
+        For a caller abandoning an allowed call (a later failure of its own): a
+        retried authorize leaves the hold an earlier attempt made alone, and a
+        ledger failure is counted as an orphan cleanup failure (the TTL ends the hold).
+        """
+        if self._held:
+            self._guard._give_back(self.receipt_id, self.attempt)

@@ -15,7 +15,12 @@ dropping spend would under-count it.
 
 Only counters some limit reads are kept (``counter_keys``): a per-agent
 counter under a policy without an agent limit would grow with every new
-agent id and never be read.
+agent id and never be read. "Some limit" is a limit of this guard's policy
+or of a policy it ``track``s (a shadow judged on this guard's counters).
+
+Every reservation carries the request's identity (policy, agent, session,
+tool) in its book, so a receipt id reused by another request is recognised
+even when both requests touch the same counters.
 
 A cost may be a ``MonetaryAmount`` in any currency: it is converted into the
 policy currency first (``conversion.convert``, chio-link's rules), and the
@@ -32,7 +37,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from .authorization import Authorization, Cost, Evaluation
 from .compiler import compile_policy
@@ -63,6 +68,8 @@ class BudgetGuard:
     ``rates``: a ``RateOracle`` or a path to ``rates.yaml`` (``rates_file``);
     None converts nothing (a foreign cost is then denied ``rate_unavailable``).
     ``clock`` (Unix seconds) is when a commit happens, for its staleness note.
+    ``track``: other policies whose limits this guard's counters must also
+    serve (see ``track``).
 
     ``event_hooks``: ``"cleanup_failed"`` callables ``(receipt_id, exc)``,
     told when a hold this guard tried to give back could not be
@@ -73,7 +80,7 @@ class BudgetGuard:
 
     def __init__(self, policy: BudgetPolicy, engine: Engine, ledger: Ledger | str | None = "memory", *,
                  reservation_ttl: float | None = None, rates: RateOracle | str | Path | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, track: Iterable[BudgetPolicy] = ()):
         self._loaded = Loaded(policy, engine, open_rates(rates), compile_policy(policy)["revision"])
         self._source: Source | None = None
         self._reload_lock = threading.Lock()
@@ -88,6 +95,8 @@ class BudgetGuard:
         self.reload_failures = 0
         self._failures_lock = threading.Lock()
         self._total_key = counter_key(policy.id, "total")
+        self.tracked: tuple[BudgetPolicy, ...] = ()
+        self.track(*track)
 
     @classmethod
     def from_files(cls, policies_dir: str | Path, policy_id: str = "default", rego_dir: str | Path | None = None,
@@ -148,6 +157,11 @@ class BudgetGuard:
         """Revision of the loaded Rego (None for an engine given as an object)."""
         return self._loaded.rego_revision
 
+    @property
+    def loaded_at(self) -> float:
+        """When the version in force was loaded (Unix seconds)."""
+        return self._loaded.loaded_at
+
     @contextmanager
     def _using(self) -> Iterator[Loaded]:
         """The version in force, held for one decision (a reload waits to close it until we leave)."""
@@ -185,22 +199,40 @@ class BudgetGuard:
 
     # -- plumbing ------------------------------------------------------------
 
+    def track(self, *policies: BudgetPolicy) -> None:
+        """Also keep the counters these policies' limits read, under this guard's policy.
+
+        A shadow policy is judged on the enforced decision's ``totals``; a scope
+        only the shadow limits (say an agent limit) would otherwise be ``null``
+        there and the shadow could only answer ``invalid_input``. Tracking adds
+        counters (and reservations on them) but never a limit: the enforced
+        decision is unchanged. Call it while setting up, before traffic.
+        """
+        self.tracked = self.tracked + tuple(p for p in policies if p not in self.tracked)
+
     def counter_keys(self, meta: CostMetadata, policy: BudgetPolicy | None = None) -> dict[str, str]:
         """The ledger key of every counter some limit reads, by scope.
 
-        ``total`` always; ``session`` when the policy has a session limit and
-        the request a session; ``agent`` when it has an agent limit; ``tool``
-        when the tool is listed in ``max_per_tool``.
+        ``total`` always; ``session`` when the policy (or a tracked one) has a
+        session limit and the request a session; ``agent`` when one has an
+        agent limit; ``tool`` when the tool is listed in one's ``max_per_tool``.
         """
-        p = policy or self.policy
-        keys = {"total": self._total_key}
-        if p.max_per_session is not None and meta.session_id is not None:
-            keys["session"] = counter_key(p.id, "session", meta.session_id)
-        if p.max_per_agent is not None:
-            keys["agent"] = counter_key(p.id, "agent", meta.agent_id)
-        if meta.tool_key in p.max_per_tool:
-            keys["tool"] = counter_key(p.id, "tool", meta.tool_key)
+        every = (policy or self.policy, *self.tracked)
+        pid, keys = every[0].id, {"total": self._total_key}
+        if meta.session_id is not None and any(p.max_per_session is not None for p in every):
+            keys["session"] = counter_key(pid, "session", meta.session_id)
+        if any(p.max_per_agent is not None for p in every):
+            keys["agent"] = counter_key(pid, "agent", meta.agent_id)
+        if any(meta.tool_key in p.max_per_tool for p in every):
+            keys["tool"] = counter_key(pid, "tool", meta.tool_key)
         return keys
+
+    @staticmethod
+    def identity(meta: CostMetadata, policy: BudgetPolicy) -> dict[str, Any]:
+        """Who spends on what: stored in every reservation's book as ``identity``, so a
+        receipt id reused by another request is refused even when the counters match."""
+        return {"policy_id": policy.id, "agent_id": meta.agent_id, "session_id": meta.session_id,
+                "tool_key": meta.tool_key}
 
     @staticmethod
     def _price(s: Loaded, meta: CostMetadata, cost: Cost) -> tuple[int, Conversion | None]:
@@ -300,11 +332,12 @@ class BudgetGuard:
         """Reserve, decide, and release at once if denied (atomic under concurrency).
 
         Idempotent by ``meta.receipt_id``: authorizing a receipt that already
-        holds a reservation for the same counters decides on that reservation
-        again (at its amount). The receipt held for other counters, or
-        already settled, is a deny. ``book`` (a JSON object) is stored with
-        the reservation, for whoever settles it (``ledger.get``). A foreign
-        cost holds its converted units.
+        holds a reservation for the same request (policy, agent, session,
+        tool) decides on that reservation again (at its amount). The receipt
+        held for another request, or already settled, is a deny. ``book`` (a
+        JSON object) is stored with the reservation, for whoever settles it
+        (``ledger.get``); the guard adds the request's ``identity`` to it. A
+        foreign cost holds its converted units.
         """
         meta = _as_meta(meta)
         with self._using() as s:
@@ -314,6 +347,7 @@ class BudgetGuard:
                    book: Mapping[str, Any] | None) -> Authorization:
         cost, conversion = self._price(s, meta, cost_units)
         keys = self.counter_keys(meta, s.policy)
+        ident = self.identity(meta, s.policy)
         attempt = uuid.uuid4().hex
         rid = meta.receipt_id
 
@@ -323,13 +357,13 @@ class BudgetGuard:
 
         try:
             r: Reservation = self.ledger.reserve(rid, list(keys.values()), cost, self.reservation_ttl,
-                                                 book=book, attempt=attempt)
+                                                 book={**(book or {}), "identity": ident}, attempt=attempt)
         except LedgerError as exc:  # it may have run (a lost reply): give back only what this attempt made
             self._give_back(rid, attempt)
             return auth(self._deny(f"ledger error: {exc}", s.policy), cost)
         if r.state != "held":
             return auth(self._deny(f"receipt {rid!r} was already {r.state}", s.policy), cost)
-        if r.keys != key_order(keys.values()):
+        if r.keys != key_order(keys.values()) or (r.book or {}).get("identity", ident) != ident:
             return auth(self._deny(f"receipt {rid!r} is already held for a different request", s.policy), cost)
         before = dict(zip(r.keys, r.before))
         if conversion is not None and conversion.units is not None and r.amount != conversion.units:

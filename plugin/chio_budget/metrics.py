@@ -13,8 +13,12 @@ Metric names (namespace ``chio_budget``):
   only the primary one.
 - ``chio_budget_eval_seconds{policy_id,engine}`` - histogram of the OPA
   evaluation time (the engine's ``decide``, nothing else).
-- ``chio_budget_reservations_open{policy_id}`` - reservations this process
-  holds for calls still running.
+- ``chio_budget_reservations_open{policy_id}`` - reservations held in the
+  guard's ledger for calls still running (every process sharing the ledger),
+  read from the ledger when scraped.
+- ``chio_budget_orphan_cleanup_failures_total{policy_id}`` - holds the guard
+  tried to give back (after a failed or denied reservation) and could not;
+  each stays until its TTL.
 - ``chio_budget_spend_units_total{policy_id,currency,scope,key}`` - committed
   spend in minor units: scope ``total`` (key ``""``) and ``tool`` (key
   ``server:tool``); ``agent`` and ``session`` (key = the id) only with
@@ -44,8 +48,9 @@ ledger is the source of truth for money; these are for watching it.
 
 from __future__ import annotations
 
+import math
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
@@ -112,8 +117,11 @@ class BudgetMetrics:
                                   ["policy_id", "scope"], namespace=ns, registry=r)
         self.eval_seconds = Histogram("eval_seconds", "OPA decision evaluation time",
                                       ["policy_id", "engine"], namespace=ns, registry=r, buckets=_EVAL_BUCKETS)
-        self.reservations_open = Gauge("reservations_open", "Reservations held for calls still running",
+        self.reservations_open = Gauge("reservations_open", "Reservations held in the ledger for calls still running",
                                        ["policy_id"], namespace=ns, registry=r)
+        self.cleanup_failures = Counter("orphan_cleanup_failures",
+                                        "Holds the guard could not give back (their TTL will)",
+                                        ["policy_id"], namespace=ns, registry=r)
         self.spend_units = Counter("spend_units", "Committed spend in minor units, by budget counter",
                                    ["policy_id", "currency", "scope", "key"], namespace=ns, registry=r)
         self.settlements = Counter("settlements", "Settlements by outcome", ["policy_id", "outcome"],
@@ -151,6 +159,39 @@ class BudgetMetrics:
         if eval_seconds is not None:
             self.eval_seconds.labels(policy_id, engine).observe(eval_seconds)
 
+    def follow(self, guard: Any) -> None:
+        """Watch a ``BudgetGuard`` through its event hooks, never by wrapping it.
+
+        ``reservations_open`` reads its ledger at scrape time; each failed
+        orphan cleanup (``cleanup_failed``) counts in ``orphan_cleanup_failures``;
+        the policy version in force is set now and after every reload
+        (``reloaded``), and reloads are counted by outcome (``reload_failed``).
+        """
+        pid = guard.policy.id
+        self.watch_open(pid, guard.ledger.open_reservations)
+        guard.event_hooks["cleanup_failed"].append(lambda _rid, _exc: self.cleanup_failures.labels(pid).inc())
+        self.set_policy(pid, guard.policy_revision, guard.rego_revision, guard.loaded_at)
+        guard.event_hooks["reloaded"].append(self._reloaded)
+        guard.event_hooks["reload_failed"].append(lambda g, _exc: self.observe_reload(g.policy.id, False))
+
+    def _reloaded(self, guard: Any) -> None:
+        self.set_policy(guard.policy.id, guard.policy_revision, guard.rego_revision, guard.loaded_at)
+        self.observe_reload(guard.policy.id, True)
+
+    def watch_open(self, policy_id: str, count: Callable[[], int]) -> None:
+        """``reservations_open{policy_id}`` is ``count()`` at scrape time (nothing per call).
+
+        The chain guard passes its ledger's ``open_reservations``; a count that
+        fails reads as NaN rather than breaking the scrape.
+        """
+        def read() -> float:
+            try:
+                return float(count())
+            except Exception:  # noqa: BLE001 - a scrape must not fail because the ledger is down
+                return math.nan
+
+        self.reservations_open.labels(policy_id).set_function(read)
+
     def set_policy(self, policy_id: str, policy_revision: str | None, rego_revision: str | None,
                    loaded_at: float) -> None:
         """The version in force for ``policy_id``: its info series replaces the previous one."""
@@ -165,9 +206,6 @@ class BudgetMetrics:
 
     def observe_reload(self, policy_id: str, ok: bool) -> None:
         self.reloads.labels(policy_id, "ok" if ok else "failed").inc()
-
-    def set_open(self, policy_id: str, n: int) -> None:
-        self.reservations_open.labels(policy_id).set(n)
 
     def observe_settlement(self, policy_id: str, outcome: str, currency: str, committed: int,
                            request: dict[str, Any] | None, over_estimate: bool) -> None:

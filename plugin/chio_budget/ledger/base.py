@@ -254,6 +254,15 @@ def counter_key(policy_id: str, scope: str, ident: str = "", window: str = "") -
     return "/".join(quote(s, safe=":@-_.") for s in (policy_id, window, scope, ident))
 
 
+def reserve_args(cost: Any, keys: Sequence[str], ttl: Any, default_ttl: float, book: Mapping[str, Any] | None,
+                 reads: Reads | None) -> tuple[int, tuple[str, ...], dict[str, tuple[str, ...]], float, str | None]:
+    """``reserve``'s arguments checked alike on every backend, before anything runs:
+    ``(cost, distinct keys, reads, ttl, book as stored JSON text)``; ``AmountError``/``LedgerError``."""
+    cost = check_units(cost, "cost")
+    keys = key_order(keys)
+    return cost, keys, check_reads(reads, keys), default_ttl if ttl is None else check_ttl(ttl), dump_book(book)
+
+
 # -- the extensions' shared checks --------------------------------------------------------------
 
 
@@ -279,13 +288,6 @@ def check_reads(reads: Reads | None, keys: Sequence[str]) -> dict[str, tuple[str
         if distinct:
             out[key] = distinct
     return out
-
-
-def check_reserve(keys: Sequence[str], cost: Any, ttl: Any, reads: Reads | None, default_ttl: float
-                  ) -> tuple[tuple[str, ...], int, float, dict[str, tuple[str, ...]]]:
-    """A reservation's arguments, checked before anything is held: ``(distinct keys, cost, ttl, reads)``."""
-    keys = key_order(keys)
-    return keys, check_units(cost, "cost"), default_ttl if ttl is None else check_ttl(ttl), check_reads(reads, keys)
 
 
 def read_keys(keys: Sequence[str], reads: Mapping[str, Sequence[str]]) -> list[str]:

@@ -28,10 +28,10 @@ from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..money import U64_MAX, check_units
-from .base import (Balance, ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS,
-                   ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, check_reserve,
-                   clamp_spent, dump_book, import_refused, key_order, load_book, read_keys, settled_outcome,
-                   spent_records, windowed)
+from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance,
+                   ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, clamp_spent,
+                   import_refused, key_order, load_book, read_keys, reserve_args, settled_outcome, spent_records,
+                   windowed)
 from .options import LedgerOptions, parse_query
 
 
@@ -124,8 +124,8 @@ class MemoryLedger(ExportsSpent, ClosesOnExit):
     def reserve(self, receipt_id: str, keys: Sequence[str], cost: int, ttl: float | None = None, *,
                 book: Mapping[str, Any] | None = None, attempt: str | None = None,
                 reads: Reads | None = None) -> Reservation:
-        keys, cost, ttl, reads = check_reserve(keys, cost, ttl, reads, self.options.ttl)
-        stored_book = load_book(dump_book(book))  # a copy, exactly as the other backends give it back
+        cost, keys, reads, ttl, book_text = reserve_args(cost, keys, ttl, self.options.ttl, book, reads)
+        stored_book = load_book(book_text)  # a copy, exactly as the other backends give it back
         with self._lock:
             now, _ = self._sweep()
             found = self._find(receipt_id)

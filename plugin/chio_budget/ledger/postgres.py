@@ -52,8 +52,8 @@ from psycopg_pool import ConnectionPool
 from ..errors import LedgerError
 from ..money import U64_MAX, check_units
 from .base import (Balance, ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS,
-                   ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, check_reserve,
-                   dump_book, import_refused, key_order, load_book, spent_records)
+                   ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, import_refused,
+                   key_order, load_book, reserve_args, spent_records)
 from .options import LedgerOptions, check_count, check_seconds, parse_query
 from .postgres_schema import check_schema_name, ensure_schema
 from .watchdog import Watchdog
@@ -185,10 +185,10 @@ class PostgresLedger(ExportsSpent, ClosesOnExit):
                 book: Mapping[str, Any] | None = None, attempt: str | None = None,
                 reads: Reads | None = None) -> Reservation:
         """Atomically add ``cost`` to every key's held amount until commit, release or expiry."""
-        keys, cost, ttl, reads = check_reserve(keys, cost, ttl, reads, self.options.ttl)
+        cost, keys, reads, ttl, book_text = reserve_args(cost, keys, ttl, self.options.ttl, book, reads)
         read_of = [i for i, k in enumerate(keys, 1) for _ in reads.get(k, ())]
         read_keys = [r for k in keys for r in reads.get(k, ())]
-        [row] = self._run("chio_reserve", [receipt_id, list(keys), str(cost), ttl, attempt, dump_book(book),
+        [row] = self._run("chio_reserve", [receipt_id, list(keys), str(cost), ttl, attempt, book_text,
                                            read_of, read_keys, self._now(), *self._limits],
                           "%s, %s::text[], %s::numeric, %s, %s, %s, %s::int[], %s::text[], %s, %s, %s",
                           "created, " + _RECORD)

@@ -52,9 +52,9 @@ from redis.retry import Retry
 
 from ..errors import LedgerError
 from ..money import U64_MAX, check_units
-from .base import (Balance, ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS,
-                   ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, check_reserve,
-                   dump_book, import_refused, key_order, read_keys, spent_records, windowed)
+from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance,
+                   ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, import_refused,
+                   key_order, read_keys, reserve_args, spent_records, windowed)
 from .options import LedgerOptions, parse_query
 from .redis_cluster import SCHEMES, cluster_client, describe
 
@@ -163,8 +163,8 @@ class RedisLedger(ExportsSpent, ClosesOnExit):
                 book: Mapping[str, Any] | None = None, attempt: str | None = None,
                 reads: Reads | None = None) -> Reservation:
         """Atomically add ``cost`` to every key's held amount until commit, release or expiry."""
-        keys, cost, ttl, reads = check_reserve(keys, cost, ttl, reads, self.options.ttl)
-        book_text = dump_book(book) or ""
+        cost, keys, reads, ttl, book_text = reserve_args(cost, keys, ttl, self.options.ttl, book, reads)
+        book_text = book_text or ""
         args = [receipt_id, str(cost), repr(ttl), attempt or "", book_text, str(len(keys)), *keys]
         for k in keys:
             args += [str(len(reads.get(k, ()))), *reads.get(k, ())]

@@ -37,10 +37,10 @@ from urllib.parse import unquote, urlsplit
 
 from ..errors import LedgerError
 from ..money import U64_MAX, check_units
-from .base import (Balance, ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS,
-                   ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, check_reserve,
-                   clamp_spent, dump_book, import_refused, key_order, load_book, read_keys, settled_outcome,
-                   spent_records, windowed)
+from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION, DEFAULT_TTL_SECONDS, Balance,
+                   ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, clamp_spent,
+                   import_refused, key_order, load_book, read_keys, reserve_args, settled_outcome, spent_records,
+                   windowed)
 from .options import LedgerOptions, check_seconds, parse_query
 from .sqlite_schema import ensure_schema, read_units, transaction
 
@@ -200,8 +200,7 @@ class SqliteLedger(ExportsSpent, ClosesOnExit):
                 book: Mapping[str, Any] | None = None, attempt: str | None = None,
                 reads: Reads | None = None) -> Reservation:
         """Atomically add ``cost`` to every key's held amount until commit, release or expiry."""
-        keys, cost, ttl, reads = check_reserve(keys, cost, ttl, reads, self.options.ttl)
-        book_text = dump_book(book)
+        cost, keys, reads, ttl, book_text = reserve_args(cost, keys, ttl, self.options.ttl, book, reads)
         with self._tx() as cur:
             now, _ = self._sweep(cur)
             row = self._row(cur, receipt_id, now)

@@ -2,8 +2,10 @@
 
 Line for line the Rust ``check``/``record``, except that ``check_all``
 collects every violation (in the same order) instead of returning the
-first; ``check`` returns the first, as Rust does. Used by differential tests:
-OPA must agree with this on every decision.
+first; ``check`` returns the first, as Rust does. The differential tests
+demand that OPA agree with this on every decision, and ``bench/run.py``
+times it as the baseline. It is a reference, never on a decision path: it
+keeps its counters in process memory and reserves nothing.
 """
 
 from __future__ import annotations

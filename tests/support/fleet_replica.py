@@ -1,6 +1,6 @@
 """Test support: one kernel replica of the multi-replica fault test, run as its own process.
 
-``python -c "import fleet_replica as f; f.main(...)"``: its own ``BudgetGuard``
+``python -c "import support.fleet_replica as f; f.main(...)"``: its own ``BudgetGuard``
 (the real embedded OPA) on the shared ledger URI, doing authorize -> commit
 (85%, an actual cost up to the estimate) or release (15%) with random costs
 until the budget is spent (40 denies in a row on the total limit), the parent
@@ -66,10 +66,10 @@ def _settle(guard, a, rid: str, keys: dict, actual: int | None, log, deadline: f
 def main(uri: str, log_path: str, seed: int, go_file: str, stop_file: str) -> None:
     from chio_budget import CostMetadata
     from chio_budget.policy import BudgetPolicy
-    from ledger_fixtures import embedded_guard
+    from support.guards import guard_for
 
     log = _writer(log_path)
-    guard = embedded_guard(BudgetPolicy.model_validate(POLICY), uri, reservation_ttl=TTL)
+    guard = guard_for(BudgetPolicy.model_validate(POLICY), ledger=uri, reservation_ttl=TTL)
     log(k="ready")
     end = time.time() + 60
     _wait(go_file, end)

@@ -1,4 +1,4 @@
-"""``opa_server`` fixtures: a real ``opa run --server`` when one exists, else the stand-in.
+"""OPA over HTTP for the tests (plugin): a real ``opa run --server`` when one exists, else the stand-in.
 
 A real ``opa`` is looked up in env ``OPA_BIN``, then ``PATH``. When found it
 is started on a free loopback port (``opa run --server --addr
@@ -9,7 +9,9 @@ test support) loads the same bundle. Either way a test sees an
 ``OpaServer``: ``url`` for the guard, ``faults`` to make it misbehave,
 ``stop()``/``start()`` to take it away and bring it back on the same port.
 
-Import into a test module with ``from opa_fixtures import opa_server``.
+Fixtures ``opa_server`` (this repository's bundle loaded), ``opa_server_blank``
+(nothing loaded) and ``opa_bin``; ``REPO_COMPILED`` and ``engine_input`` are
+what the server-engine tests decide with.
 """
 
 from __future__ import annotations
@@ -26,15 +28,28 @@ import pytest
 import requests
 
 from chio_budget.bundle import write_bundle
+from chio_budget.compiler import compile_all
+from chio_budget.policy import load_policies
 from opa_standin import Faults, StandIn
 
-ROOT = Path(__file__).resolve().parent.parent
-POLICIES_DIR = ROOT / "policies"
-REGO_DIR = ROOT / "rego"
+from .guards import POLICIES_DIR, REGO_DIR
+
+REPO_COMPILED = compile_all(load_policies(POLICIES_DIR))
+"""This repository's ``policies/``, compiled: what the bundle the servers load holds."""
 
 
 def find_opa() -> str | None:
+    """A real ``opa`` binary (``OPA_BIN``, then PATH), or None."""
     return os.environ.get("OPA_BIN") or shutil.which("opa")
+
+
+def engine_input(units: int, agent: str = "a1") -> dict:
+    """An OPA input for policy ``default`` with every counter at 0 (no session)."""
+    return {"policy_id": "default",
+            "request": {"receipt_id": "r1", "timestamp": 1000, "agent_id": agent, "session_id": None,
+                        "tool_server": "s1", "tool_name": "t1", "tool_key": "s1:t1"},
+            "cost": {"units": units, "currency": "USD"},
+            "totals": {"total": 0, "session": None, "agent": 0, "tool": 0}}
 
 
 def _free_port() -> int:
@@ -115,6 +130,12 @@ def repo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_bundle(POLICIES_DIR, REGO_DIR, path)
         _BUNDLE.append(path)
     return _BUNDLE[0]
+
+
+@pytest.fixture(scope="session")
+def opa_bin() -> str | None:
+    """A real ``opa`` binary, or None."""
+    return find_opa()
 
 
 @pytest.fixture
