@@ -2,7 +2,9 @@
 
 Reports; never fails. Also reports the bare ``engine.decide`` and the Python
 model of the Rust ``check`` in the same run, so the numbers read as ratios
-on whatever machine runs them.
+on whatever machine runs them; then the same limits counted over windows
+(calendar: monthly total, daily per agent, 80/95% warnings; rolling: one
+hour per session, 60 buckets summed per decision) next to the all-time ones.
 
     .venv/bin/python bench/run.py [N]
 """
@@ -20,6 +22,7 @@ sys.path[:0] = [str(ROOT / "plugin")]
 from chio_budget import BudgetGuard, BudgetPolicy, CostMetadata  # noqa: E402
 from chio_budget.compiler import data_document  # noqa: E402
 from chio_budget.engines.embedded import EmbeddedEngine  # noqa: E402
+from chio_budget.opa_input import build_input  # noqa: E402
 from chio_budget.rust_model import RustEnforcer  # noqa: E402
 
 
@@ -55,7 +58,7 @@ def main() -> None:
         model.record(m, 3)
     timed(lambda i: guard.check(metas[i], 5), 300)  # warm-up
     base = report("rust model check (python)", timed(lambda i: model.check(metas[i], 5), n))
-    inp = guard.build_input(metas[0], 5, {"total": 10, "session": 10, "agent": 10, "tool": 10})
+    inp = build_input(metas[0], 5, {"total": 10, "session": 10, "agent": 10, "tool": 10}, policy=guard.policy)
     report("engine.decide (embedded)", timed(lambda i: guard.engine.decide(inp), n), base)
     report("guard.check", timed(lambda i: guard.check(metas[i], 5), n), base)
 
@@ -64,6 +67,26 @@ def main() -> None:
         a.commit()
 
     report("guard.authorize + commit", timed(auth, n), base)
+    windowed(metas, n, base)
+
+
+def windowed(metas, n: int, base: float) -> None:
+    """The same calls under windowed limits (timestamps one second apart, so windows turn)."""
+    limits = dict(max_total=10**15, max_per_session=10**12, max_per_agent=10**12)
+    calendar = rust_policy(id="calendar", timezone="Europe/Berlin", window="monthly", warn_at=[0.8, 0.95],
+                           **{**limits, "max_per_agent": {"units": 10**12, "window": "daily"}})
+    rolling = rust_policy(id="rolling", **{**limits, "max_per_session": {"units": 10**12,
+                                                                        "window": {"rolling": 3600}}})
+    for policy in (calendar, rolling):
+        guard = guard_for(policy)
+        ms = [m.model_copy(update={"timestamp": 1772964000 + i}) for i, m in enumerate(metas)]
+        timed(lambda i: guard.check(ms[i], 5), 300)  # warm-up
+        report(f"guard.check ({policy.id})", timed(lambda i: guard.check(ms[i], 5), n), base)
+
+        def auth(i, guard=guard, ms=ms):
+            guard.authorize(ms[i], 5).commit()
+
+        report(f"authorize + commit ({policy.id})", timed(auth, n), base)
 
 
 if __name__ == "__main__":

@@ -102,3 +102,61 @@ CASES: list[DecisionCase] = [
                      {"scope": "custom", "code": "currency_mismatch",
                       "message": "cost is in EUR but policy default is in USD"}]}),
 ]
+
+
+# -- issue 11: windows, soft limits, the per-call cap (hand-computed expectations) -----------
+
+_TEAM = rust_policy(id="team", currency="EUR", timezone="Europe/Berlin", window="monthly", warn_at=[0.8, 0.95],
+                    max_total=500000, max_per_session=None, max_per_agent={"units": 3000, "window": "daily"},
+                    max_per_tool={"s1:hot": {"units": 100, "window": {"rolling": 3600}}}, max_per_invocation=500)
+_T = 1772964000  # 2026-03-08T10:00:00Z
+_MONTH = {"window": "monthly", "key": "m:2026-03@Europe/Berlin", "start": 1772319600, "resets_at": 1774994400}
+_DAY = {"window": "daily", "key": "d:2026-03-08@Europe/Berlin", "start": 1772924400, "resets_at": 1773010800}
+_HOUR = {"window": "rolling", "key": "r:60:1772964000", "start": 1772960400, "resets_at": 1772967659}
+
+
+def _team_input(tool: str, cost: int, total: int, agent: int, hot: int | None = None) -> dict[str, Any]:
+    meta = CostMetadata(receipt_id="r1", timestamp=_T, agent_id="a1", tool_server="s1", tool_name=tool)
+    windows = {"total": _MONTH, "agent": _DAY, **({"tool": _HOUR} if hot is not None else {})}
+    return {"policy_id": "team", "request": meta.request_input(), "cost": {"units": cost, "currency": "EUR"},
+            "totals": {"total": total, "session": None, "agent": agent, "tool": hot}, "windows": windows}
+
+
+def _team_expected(violations: list[dict], warnings: list[dict]) -> dict[str, Any]:
+    return {**expected_decision(_TEAM, violations), "warnings": warnings}
+
+
+def _agent(current: int, requested: int, **extra: Any) -> dict[str, Any]:
+    return {"scope": "agent", "agent_id": "a1", "limit_units": 3000, "current_units": current,
+            "requested_units": requested, "currency": "EUR", "window": "daily", "resets_at": 1773010800, **extra}
+
+
+CASES += [
+    DecisionCase("windowed_daily_agent_violation_and_warnings", data_document({"team": _TEAM}),
+                 _team_input("t1", 200, 1000, 2900),
+                 _team_expected([_agent(2900, 200)], [_agent(2900, 200, threshold=0.8),
+                                                      _agent(2900, 200, threshold=0.95)])),
+    DecisionCase("windowed_monthly_total_warning_only", data_document({"team": _TEAM}),
+                 _team_input("t1", 100, 399900, 0),
+                 _team_expected([], [{"scope": "total", "limit_units": 500000, "current_units": 399900,
+                                      "requested_units": 100, "currency": "EUR", "window": "monthly",
+                                      "resets_at": 1774994400, "threshold": 0.8}])),
+    DecisionCase("rolling_tool_violation", data_document({"team": _TEAM}),
+                 _team_input("hot", 50, 0, 0, hot=60),
+                 _team_expected([{"scope": "tool", "tool_key": "s1:hot", "limit_units": 100, "current_units": 60,
+                                  "requested_units": 50, "currency": "EUR", "window": "rolling",
+                                  "resets_at": 1772967659}],
+                                [{"scope": "tool", "tool_key": "s1:hot", "limit_units": 100, "current_units": 60,
+                                  "requested_units": 50, "currency": "EUR", "window": "rolling",
+                                  "resets_at": 1772967659, "threshold": t} for t in (0.8, 0.95)])),
+    DecisionCase("per_call_cap_first", data_document({"team": _TEAM}),
+                 _team_input("t1", 501, 499900, 0),
+                 _team_expected([{"scope": "invocation", "limit_units": 500, "requested_units": 501,
+                                  "currency": "EUR"},
+                                 {"scope": "total", "limit_units": 500000, "current_units": 499900,
+                                  "requested_units": 501, "currency": "EUR", "window": "monthly",
+                                  "resets_at": 1774994400}],
+                                [{"scope": "total", "limit_units": 500000, "current_units": 499900,
+                                  "requested_units": 501, "currency": "EUR", "window": "monthly",
+                                  "resets_at": 1774994400, "threshold": t} for t in (0.8, 0.95)])),
+]

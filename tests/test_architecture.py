@@ -23,12 +23,13 @@ PACKAGE = ROOT / "plugin" / "chio_budget"
 # ``engines`` a module may also import its own subpackage (checked for circles below).
 TIERS: list[set[str]] = [
     {"errors", "text"},
-    {"currencies", "yamlsafe", "watch"},
+    {"currencies", "yamlsafe", "watch", "windows"},
     {"money"},
-    {"policy", "cost", "decision", "kernel", "rates", "rego_files", "metrics"},
+    {"limits"},
+    {"policy", "cost", "decision", "kernel", "settlement", "rates", "rego_files", "metrics"},
     {"conversion", "compiler", "rust_model", "rates_file", "regotest", "ledger"},
-    {"actual_cost", "authorization", "engines", "bundle", "decisionlog"},
-    {"reload"},
+    {"actual_cost", "authorization", "engines", "bundle", "decisionlog", "counters"},
+    {"reload", "soft_limits", "opa_input"},
     {"guard", "shadow", "chain", "wasm"},
     {"chain_guard"},
     {"replay", "demo", "cli_rates"},

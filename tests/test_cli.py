@@ -140,6 +140,11 @@ def test_demo_prints_decisions_and_remaining():
     assert '{"scope":"tool","tool_key":"s1:expensive","limit_units":500' in r.stdout
     assert "4 of 12 calls denied" in r.stdout
     assert "spent 10000 of 10000 USD" in r.stdout
+    # the windows scene (team-monthly): a warning, the daily cap, the reset at Berlin midnight, the cap
+    assert "warning: agent at 80% of 3000 (2000 + 500)" in r.stdout
+    assert '"window":"daily","resets_at":1773010800}' in r.stdout
+    assert "03-09 00:00:00 a1 cost  400" in r.stdout and "allow 03-09 00:00:00" in r.stdout
+    assert '{"scope":"invocation","limit_units":500,"requested_units":600,"currency":"EUR"}' in r.stdout
 
 
 def test_real_opa_test_agrees_when_opa_is_installed(opa_bin):

@@ -27,7 +27,7 @@ def test_amounts_as_integers_or_rust_objects():
         "max_per_tool:\n  \"s1:expensive\": 500\n  \"s1:x\": {units: 7, currency: USD}\n",
         default_id="default")
     assert p.id == "default"
-    assert p.max_total == MonetaryAmount(units=10000, currency="USD")
+    assert (p.max_total.units, p.max_total.currency) == (10000, "USD")
     assert p.max_per_agent.units == 3000 and p.max_per_session is None
     assert {k: v.units for k, v in p.max_per_tool.items()} == {"s1:expensive": 500, "s1:x": 7}
 

@@ -78,6 +78,9 @@ class Authorization:
     """The rate oracle in force when it was authorized (a foreign actual cost is converted with it)."""
     currency: str = ""
     """The policy currency it was authorized in."""
+    warnings_emitted: tuple[Any, ...] = ()
+    """Soft-limit thresholds this reservation crossed first (``soft_limits.WarningEvent``; each
+    also told to the guard's ``warning`` hooks)."""
 
     @property
     def allow(self) -> bool:

@@ -41,49 +41,12 @@ from .kernel import GuardContext, GuardDecision, GuardEvidence, InvocationStatus
 from .ledger import Reservation
 from .metrics import BudgetMetrics
 from .money import MonetaryAmount
+from .settlement import HoldStatus, SettlementResult
 from .shadow import ShadowPolicy, run_shadows
 
+__all__ = ["BudgetChainGuard", "HoldStatus", "SettlementResult"]
+
 _CONTEXT_FIELD = {"receipt_id": "request_id", "tool_server": "server_id"}  # CostMetadata -> GuardContext names
-
-
-@dataclass(frozen=True)
-class SettlementResult:
-    """How one call's reservation ended: ``outcome`` is ``committed`` | ``released`` |
-    ``committed_late`` (past the TTL; posted anyway, once) | ``expired`` (failed or cancelled
-    after the hold expired) | ``already_settled`` (no-op; a denied call's hold was released at
-    once) | ``unknown`` (never held here, forgotten, or another policy's) | ``error`` (the
-    ledger failed; the hold stays, so settlement can be retried)."""
-
-    request_id: str
-    outcome: str
-    currency: str
-    estimate_units: int | None = None
-    actual_units: int | None = None
-    committed_units: int | None = None
-    over_estimate: bool = False
-    source: str = ""
-    error: str | None = None
-    decision_id: str | None = None
-
-    @property
-    def changed(self) -> bool:
-        return self.outcome in ("committed", "committed_late", "released")
-
-
-@dataclass(frozen=True)
-class HoldStatus:
-    """What ``revalidate`` found: ``live`` only for a ``held`` reservation of this policy.
-    ``state``: the ledger's (``held`` | ``committed`` | ``released`` | ``expired``), ``unknown``
-    (no such call of this policy) or ``error`` (see ``error``); ``expires_at`` is on the
-    ledger's clock."""
-
-    request_id: str
-    live: bool
-    state: str
-    estimate_units: int | None = None
-    expires_at: float | None = None
-    decision_id: str | None = None
-    error: str | None = None
 
 
 @dataclass
@@ -185,7 +148,11 @@ class BudgetChainGuard:
         self._estimate(call)
         self._authorize(call)
         self._hold(call)
-        return self._log_decision(call) or self._verdict(call)
+        failed = self._log_decision(call)
+        if failed is not None:
+            return failed
+        self._log_warnings(call)
+        return self._verdict(call)
 
     def _estimate(self, call: _Call) -> None:
         """The request as the ledger keys it, and its cost; a bad one is a deny decision."""
@@ -258,6 +225,24 @@ class BudgetChainGuard:
             return call.auth.input
         return {"policy_id": self.policy.id, "request": call.request,
                 "cost": {"units": call.est, "currency": self.policy.currency}, "totals": None}
+
+    def _log_warnings(self, call: _Call) -> None:
+        """Soft-limit crossings of this call (once per threshold, window, counter): events and metric.
+
+        After the decision, never instead of it: a failed write is counted, the call goes on.
+        """
+        for w in call.auth.warnings_emitted if call.auth is not None else ():
+            if self.metrics:
+                self.metrics.observe_warning(self.policy.id, w.scope, w.threshold_bps)
+            if self.decision_log is None:
+                continue
+            try:
+                self.decision_log.write(self.decision_log.warning_event(
+                    decision_id=call.decision_id, request_id=call.ctx.request_id, policy_id=self.policy.id,
+                    counter=w.counter, threshold_bps=w.threshold_bps, warning=w.warning, guard=self.name))
+            except DecisionLogError:
+                if self.metrics:
+                    self.metrics.log_errors.inc()
 
     def _verdict(self, call: _Call) -> GuardDecision:
         decision = call.decision

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import typer
 
 from . import cli_rates
-from .errors import ChioBudgetError, InputError, PolicyError
+from .errors import ChioBudgetError, InputError, PolicyError, WindowError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
@@ -124,6 +124,8 @@ def check(meta: str = typer.Option(..., "--meta", help="CostMetadata JSON (Rust 
     guard = _guard(policies, policy_id, rego_dir, engine, opa_url, ledger, oracle)
     try:
         e = guard.evaluate(m, cost)
+    except WindowError as exc:
+        _fail(f"--meta: timestamp: {exc}")
     except ValueError as exc:
         _fail(f"--cost: {exc}")
     d, c = e.decision, e.conversion
@@ -192,7 +194,7 @@ def demo(policies: Path = POLICIES, policy_id: str = POLICY_ID,
 
     guard = _guard(policies, policy_id, None, engine, opa_url, ledger)
     try:
-        run_demo(guard)
+        run_demo(guard, policies_dir=policies)
     finally:
         guard.close()
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .limits import compile_extras
 from .currencies import DEFAULT_CURRENCIES, CurrencyRegistry
 from .policy import BudgetPolicy, load_policies
 
@@ -44,6 +45,7 @@ def compile_policy(policy: BudgetPolicy) -> dict[str, Any]:
         doc["max_per_tool"] = {k: v.units for k, v in sorted(policy.max_per_tool.items())}
     if policy.prices:
         doc["prices"] = {k: v.units for k, v in sorted(policy.prices.items())}
+    doc.update(compile_extras(policy))  # windows, thresholds, per-call cap: only when used
     doc["revision"] = revision_of(doc)
     return doc
 

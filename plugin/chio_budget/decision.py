@@ -2,16 +2,20 @@
 
 ``TotalViolation`` & co. serialise byte for byte like
 ``chio_metering::budget::BudgetViolation`` (``"scope"`` tag first, fields in
-declaration order). A violation this package does not know - a security
-team's own rule - parses as ``CustomViolation`` with every field kept, and
-still denies.
+declaration order). A limit with a window adds ``window`` and ``resets_at``
+at the end; an all-time one has neither, so its JSON is the Rust JSON.
+``InvocationViolation`` is the per-call cap. A violation this package does
+not know - a security team's own rule - parses as ``CustomViolation`` with
+every field kept, and still denies.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Tag, TypeAdapter, ValidationError
+from datetime import datetime, timezone
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag, TypeAdapter, ValidationError, model_serializer
 
 from .money import Units
 
@@ -35,15 +39,42 @@ class BudgetViolation(BaseModel):
         return f"{self.scope} violation"
 
 
+_WINDOW_FIELDS = ("window", "resets_at")
+
+
 class _LimitViolation(BudgetViolation):
+    """A limit's violation: the Rust fields, then ``window``/``resets_at`` for a windowed limit."""
+
     _label: ClassVar[str] = ""
+    window: str | None = None
+    resets_at: Units | None = None
+
+    @model_serializer(mode="wrap")
+    def _window_last_or_absent(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        window, resets_at = out.pop("window", None), out.pop("resets_at", None)
+        if window is not None or resets_at is not None:
+            out["window"], out["resets_at"] = window, resets_at
+        return out
 
     def describe(self) -> str:
         d = self.model_dump()
-        return (
-            f"{self._label.format(**d)} budget exceeded: {d['current_units']} spent + "
+        text = (
+            f"{self._label.format(**d)} {_window_word(self.window)}budget exceeded: {d['current_units']} spent + "
             f"{d['requested_units']} requested > limit {d['limit_units']} {d['currency']}"
         )
+        return text + (f" (resets at {_iso(self.resets_at)})" if self.resets_at is not None else "")
+
+
+def _window_word(window: str | None) -> str:
+    return f"{window} " if window else ""
+
+
+def _iso(t: Any) -> str:
+    try:
+        return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (TypeError, OverflowError, ValueError, OSError):
+        return str(t)
 
 
 class TotalViolation(_LimitViolation):
@@ -89,6 +120,20 @@ class ToolViolation(_LimitViolation):
     currency: str
 
 
+class InvocationViolation(BudgetViolation):
+    """The per-call cap (``max_per_invocation``): one call asked for more than it allows."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    scope: Literal["invocation"] = "invocation"
+    limit_units: Units
+    requested_units: Units
+    currency: str
+
+    def describe(self) -> str:
+        return (f"per-call cap exceeded: {self.requested_units} requested > limit "
+                f"{self.limit_units} {self.currency} for one call")
+
+
 class CustomViolation(BudgetViolation):
     """Any violation a policy extension contributes; all its fields are kept."""
 
@@ -101,6 +146,7 @@ class CustomViolation(BudgetViolation):
 
 
 _BUILTIN = {
+    "invocation": InvocationViolation,
     "total": TotalViolation,
     "session": SessionViolation,
     "agent": AgentViolation,
@@ -118,13 +164,16 @@ def _violation_tag(value: Any) -> str:
         return value.scope if type(value) in _BUILTIN.values() else "custom"
     if isinstance(value, dict):
         cls = _BUILTIN.get(value.get("scope"))  # type: ignore[arg-type]
-        if cls is not None and set(value) == set(cls.model_fields):
-            return value["scope"]
+        if cls is not None:
+            rust = set(cls.model_fields) - set(_WINDOW_FIELDS)
+            if set(value) in (rust, rust | set(_WINDOW_FIELDS) & set(cls.model_fields)):
+                return value["scope"]
     return "custom"
 
 
 AnyViolation = Annotated[
     Union[
+        Annotated[InvocationViolation, Tag("invocation")],
         Annotated[TotalViolation, Tag("total")],
         Annotated[SessionViolation, Tag("session")],
         Annotated[AgentViolation, Tag("agent")],

@@ -203,6 +203,16 @@ class DecisionLog:
             ev["chio"].update(extra)
         return ev
 
+    def warning_event(self, *, decision_id: str | None, request_id: str, policy_id: str, counter: str,
+                      threshold_bps: int, warning: dict[str, Any], guard: str) -> dict[str, Any]:
+        """A soft-limit crossing (``type: "warning"``): written once per threshold, window and
+        counter, when an allowed reservation first reaches it; ``warning`` is the decision's."""
+        ev = self._envelope("warning", decision_id or "")
+        ev["chio"] = {"guard": guard, "request_id": request_id, "policy_id": policy_id,
+                      "scope": warning.get("scope"), "threshold_bps": threshold_bps, "counter": counter,
+                      "warning": dict(warning)}
+        return ev
+
     # -- writing ------------------------------------------------------------
 
     def write(self, event: dict[str, Any]) -> None:

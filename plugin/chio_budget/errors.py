@@ -50,3 +50,12 @@ class AmountError(ChioBudgetError, ValueError):
 
 class DecisionLogError(ChioBudgetError):
     """The decision log could not be written (or read, for ``explain``)."""
+
+
+class WindowError(ChioBudgetError, ValueError):
+    """A request's timestamp cannot be placed in its limit's window (a calendar
+    window past the year 9999, often a timestamp in milliseconds).
+
+    A ``ValueError`` like ``AmountError``: bad input, raised before anything
+    is reserved or recorded.
+    """

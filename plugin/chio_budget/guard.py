@@ -13,14 +13,9 @@ a deny (a release that fails leaves a hold its TTL gives back; it is counted
 in ``orphan_cleanup_failures``). ``record`` raises instead, because silently
 dropping spend would under-count it.
 
-Only counters some limit reads are kept (``counter_keys``): a per-agent
-counter under a policy without an agent limit would grow with every new
-agent id and never be read. "Some limit" is a limit of this guard's policy
-or of a policy it ``track``s (a shadow judged on this guard's counters).
-
-Every reservation carries the request's identity (policy, agent, session,
-tool) in its book, so a receipt id reused by another request is recognised
-even when both requests touch the same counters.
+Only counters some limit reads are kept (``counter_keys``), and every
+reservation carries the request's ``identity``, so a reused receipt id is
+recognised even when both requests touch the same counters.
 
 A cost may be a ``MonetaryAmount`` in any currency: it is converted into the
 policy currency first (``conversion.convert``, chio-link's rules), and the
@@ -28,6 +23,10 @@ facts of the conversion go into the OPA input, where a missing, stale or
 overflowing rate is a policy deny. The policy, engine and rates form one
 ``reload.Loaded`` that each decision reads once, so ``reload()`` can swap a
 new version in while decisions run.
+
+A windowed limit counts in the window of its request's ``timestamp``
+(``counters``), reservation and commit alike; the Rego decides on it. A
+soft-limit warning is emitted once across processes (``soft_limits``).
 """
 
 from __future__ import annotations
@@ -35,31 +34,39 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, ContextManager, Iterable, Mapping
 
 from .authorization import Authorization, Cost, Evaluation
 from .compiler import compile_policy
-from .conversion import Conversion, convert, settle_amount
+from .conversion import Conversion, settle_amount
 from .cost import CostMetadata
+from .counters import RequestCounters, narrowed_windows, request_counters, total_balance, total_window
 from .decision import Decision
 from .engines import Engine
 from .errors import AmountError, LedgerError
-from .ledger import Ledger, Reservation, counter_key, open_ledger
+from .ledger import Ledger, Reservation, open_ledger
 from .ledger.base import check_ttl, key_order
 from .money import MonetaryAmount, U64_MAX, check_units
+from .opa_input import build_input, price
 from .policy import BudgetPolicy
 from .rates import RateOracle
 from .rates_file import open_rates
 from .reload import Loaded, ReloadError, Source
+from .soft_limits import WarningEvent, emit_crossings
+from .windows import Span
 
 CleanupHook = Callable[[str, Exception], None]
+WarningHook = Callable[[WarningEvent], None]
 __all__ = ["Authorization", "BudgetGuard", "Evaluation", "ReloadError"]
 
 
 def _as_meta(meta: CostMetadata | Mapping[str, Any]) -> CostMetadata:
     return meta if isinstance(meta, CostMetadata) else CostMetadata.model_validate(meta)
+
+
+def _at(at: int | None) -> int:
+    return int(time.time()) if at is None else check_units(at, "at")
 
 
 class BudgetGuard:
@@ -75,12 +82,15 @@ class BudgetGuard:
     told when a hold this guard tried to give back could not be
     (``orphan_cleanup_failures`` counts them); ``"reloaded"`` callables
     ``(guard)`` after a reload swapped a new policy in; ``"reload_failed"``
-    callables ``(guard, exc)``.
+    callables ``(guard, exc)``; ``"warning"`` callables ``(WarningEvent)``
+    (``on_warning`` first) for each ``warn_at`` threshold an allowed
+    reservation first crossed (``soft_limits``; ``warning_mark_failures``).
     """
 
     def __init__(self, policy: BudgetPolicy, engine: Engine, ledger: Ledger | str | None = "memory", *,
                  reservation_ttl: float | None = None, rates: RateOracle | str | Path | None = None,
-                 clock: Callable[[], float] = time.time, track: Iterable[BudgetPolicy] = ()):
+                 clock: Callable[[], float] = time.time, track: Iterable[BudgetPolicy] = (),
+                 on_warning: WarningHook | None = None):
         self._loaded = Loaded(policy, engine, open_rates(rates), compile_policy(policy)["revision"])
         self._source: Source | None = None
         self._reload_lock = threading.Lock()
@@ -89,12 +99,13 @@ class BudgetGuard:
         self.reservation_ttl = None if reservation_ttl is None else check_ttl(reservation_ttl, "reservation_ttl")
         self.clock = clock
         self.event_hooks: dict[str, list[Callable[..., None]]] = {
-            "cleanup_failed": [], "reloaded": [], "reload_failed": []}
+            "cleanup_failed": [], "reloaded": [], "reload_failed": [],
+            "warning": [on_warning] if on_warning is not None else []}
         self.orphan_cleanup_failures = 0
+        self.warning_mark_failures = 0
         self.reloads = 0
         self.reload_failures = 0
         self._failures_lock = threading.Lock()
-        self._total_key = counter_key(policy.id, "total")
         self.tracked: tuple[BudgetPolicy, ...] = ()
         self.track(*track)
 
@@ -106,17 +117,19 @@ class BudgetGuard:
         """Load YAML policies (and ``rates``), compile them, start the engine, open the ledger.
 
         Engine options (``opa_url``, ``token``, ``timeout``, ``push``...) go
-        to the server engine; ``reservation_ttl`` and ``clock`` to the guard.
+        to the server engine; ``reservation_ttl``, ``clock`` and ``on_warning`` to the guard.
         The files are remembered for ``reload()``; ``watch=True`` reloads on
         every change (``watch()``); ``verify_tests=True`` refuses a version
         whose Rego tests fail, at start-up and on reload.
         """
         ttl, clock = options.pop("reservation_ttl", None), options.pop("clock", time.time)
+        on_warning = options.pop("on_warning", None)
         source = Source(Path(policies_dir), policy_id, None if rego_dir is None else Path(rego_dir),
                         engine if isinstance(engine, str) else "given", options, rates, verify_tests)
         # An engine object is used as is, and a reload cannot rebuild it.
         loaded = source.load(None if isinstance(engine, str) else engine)
-        g = cls(loaded.policy, loaded.engine, ledger, reservation_ttl=ttl, rates=loaded.rates, clock=clock)
+        g = cls(loaded.policy, loaded.engine, ledger, reservation_ttl=ttl, rates=loaded.rates, clock=clock,
+                on_warning=on_warning)
         g._loaded = loaded
         g._source = source if isinstance(engine, str) else None
         if watch:
@@ -162,31 +175,13 @@ class BudgetGuard:
         """When the version in force was loaded (Unix seconds)."""
         return self._loaded.loaded_at
 
-    @contextmanager
-    def _using(self) -> Iterator[Loaded]:
-        """The version in force, held for one decision (a reload waits to close it until we leave)."""
-        while True:
-            s = self._loaded
-            if s.enter():
-                break
-            if s is self._loaded:  # closed for good: the guard was closed; its engine denies
-                yield s
-                return
-        try:
-            yield s
-        finally:
-            s.leave()
+    def _using(self) -> ContextManager[Loaded]:
+        """The version in force, held for one decision (``Loaded.in_force``)."""
+        return Loaded.in_force(lambda: self._loaded)
 
     def reload(self) -> None:
-        """Re-read policies, Rego and rates, compile, load a new engine, and swap it in.
-
-        Atomic: a decision runs wholly on the old version or wholly on the
-        new one; those in flight finish on the old, whose engine is closed
-        after them. Counters and held reservations are kept. On any failure
-        (YAML, rates, Rego parse/compile, Rego tests with ``verify_tests``,
-        an OPA server that never serves the new revision) the old version
-        stays and ``ReloadError`` (located) is raised and logged.
-        """
+        """Re-read policies, Rego and rates and swap the new version in atomically; on any
+        failure keep the old one and raise ``ReloadError`` (located). See ``reload.reload_guard``."""
         from .reload import reload_guard
 
         reload_guard(self)
@@ -215,17 +210,12 @@ class BudgetGuard:
 
         ``total`` always; ``session`` when the policy (or a tracked one) has a
         session limit and the request a session; ``agent`` when one has an
-        agent limit; ``tool`` when the tool is listed in one's ``max_per_tool``.
+        agent limit; ``tool`` when the tool is listed in one's
+        ``max_per_tool``. A windowed limit's key is its window's (of
+        ``meta.timestamp``); a scope only a tracked policy limits keeps an
+        all-time counter.
         """
-        every = (policy or self.policy, *self.tracked)
-        pid, keys = every[0].id, {"total": self._total_key}
-        if meta.session_id is not None and any(p.max_per_session is not None for p in every):
-            keys["session"] = counter_key(pid, "session", meta.session_id)
-        if any(p.max_per_agent is not None for p in every):
-            keys["agent"] = counter_key(pid, "agent", meta.agent_id)
-        if any(meta.tool_key in p.max_per_tool for p in every):
-            keys["tool"] = counter_key(pid, "tool", meta.tool_key)
-        return keys
+        return request_counters(policy or self.policy, meta, self.tracked).keys
 
     @staticmethod
     def identity(meta: CostMetadata, policy: BudgetPolicy) -> dict[str, Any]:
@@ -234,45 +224,28 @@ class BudgetGuard:
         return {"policy_id": policy.id, "agent_id": meta.agent_id, "session_id": meta.session_id,
                 "tool_key": meta.tool_key}
 
-    @staticmethod
-    def _price(s: Loaded, meta: CostMetadata, cost: Cost) -> tuple[int, Conversion | None]:
-        """Units to hold and decide on, and the conversion when the cost is foreign.
-
-        A failed conversion holds 0 and is denied by the Rego rules; bad
-        units raise ``AmountError`` before anything is recorded.
-        """
-        if isinstance(cost, MonetaryAmount):
-            if cost.currency == s.policy.currency:
-                return cost.units, None
-            c = convert(cost, s.policy.currency, s.rates, meta.timestamp)
-            return c.input_units, c
-        return check_units(cost, "cost_units"), None
-
-    @staticmethod
-    def build_input(meta: CostMetadata, cost_units: int, totals: Mapping[str, int | None], *,
-                    policy: BudgetPolicy, conversion: Conversion | None = None) -> dict[str, Any]:
-        """The OPA input; a scope without a counter (no limit reads it) is ``null``."""
-        inp = {
-            "policy_id": policy.id,
-            "request": meta.request_input(),
-            "cost": {"units": cost_units, "currency": policy.currency},
-            "totals": {scope: totals.get(scope) for scope in ("total", "session", "agent", "tool")},
-        }
-        if conversion is not None:
-            inp["conversion"] = conversion.to_input()
-        return inp
-
     def _decide(self, s: Loaded, meta: CostMetadata, cost_units: int, totals: Mapping[str, int | None],
-                conversion: Conversion | None = None) -> Evaluation:
-        inp = self.build_input(meta, cost_units, totals, policy=s.policy, conversion=conversion)
+                conversion: Conversion | None = None, windows: Mapping[str, Any] | None = None) -> Evaluation:
+        inp = build_input(meta, cost_units, totals, policy=s.policy, conversion=conversion, windows=windows)
         t0 = time.perf_counter_ns()
         decision = s.engine.decide(inp)
         return Evaluation(decision, inp, time.perf_counter_ns() - t0, conversion, s.rego_revision)
 
-    def decide(self, meta: CostMetadata, cost_units: int, totals: Mapping[str, int | None]) -> Evaluation:
+    def decide(self, meta: CostMetadata, cost_units: int, totals: Mapping[str, int | None],
+               windows: Mapping[str, Any] | None = None) -> Evaluation:
         """Ask the engine in force, timing it; returns the decision with the input it was given."""
         with self._using() as s:
-            return self._decide(s, meta, cost_units, totals)
+            return self._decide(s, meta, cost_units, totals, windows=windows)
+
+    def _narrow(self, s: Loaded, meta: CostMetadata, c: RequestCounters, cost: int, e: Evaluation) -> Evaluation:
+        """A deny by a rolling limit: decide again with ``resets_at`` narrowed to when enough of the
+        window's spend leaves (``counters.narrowed_windows``; a hint for a retry, the Rego decides)."""
+        windows = narrowed_windows(self.ledger, c, e, cost, meta.timestamp)
+        if windows is None:
+            return e
+        again = self._decide(s, meta, cost, e.input["totals"], e.conversion, windows)  # type: ignore[index]
+        return Evaluation(again.decision, again.input, (e.eval_ns or 0) + (again.eval_ns or 0), e.conversion,
+                          again.rego_revision)
 
     def _deny(self, error: str, policy: BudgetPolicy | None = None) -> Decision:
         return Decision.deny_error(error, (policy or self.policy).id)
@@ -284,11 +257,25 @@ class BudgetGuard:
         except LedgerError as exc:
             with self._failures_lock:
                 self.orphan_cleanup_failures += 1
-            for hook in list(self.event_hooks.get("cleanup_failed", ())):
-                try:
-                    hook(receipt_id, exc)
-                except Exception:  # noqa: BLE001 - an observer must not turn a deny into a crash
-                    pass
+            self._notify("cleanup_failed", receipt_id, exc)
+
+    def _notify(self, event: str, *args: Any) -> None:
+        for hook in list(self.event_hooks.get(event, ())):
+            try:
+                hook(*args)
+            except Exception:  # noqa: BLE001 - an observer must not turn a decision into a crash
+                pass
+
+    def _emit_warnings(self, s: Loaded, meta: CostMetadata, c: RequestCounters,
+                       decision: Decision) -> tuple[WarningEvent, ...]:
+        """Each threshold this reservation crossed, to the ``warning`` hooks, once across processes."""
+        emitted, failures = emit_crossings(self.ledger, s.policy.id, meta, c, decision)
+        if failures:
+            with self._failures_lock:
+                self.warning_mark_failures += failures
+        for ev in emitted:
+            self._notify("warning", ev)
+        return emitted
 
     def _settle_units(self, auth: Authorization, actual: MonetaryAmount) -> int | None:
         units, auth.commit_conversion = settle_amount(actual, auth.currency, auth.rates, auth.timestamp,
@@ -301,13 +288,14 @@ class BudgetGuard:
         """Would this cost fit now? Holds nothing; returns the decision, the input and the eval time."""
         meta = _as_meta(meta)
         with self._using() as s:
-            cost, conversion = self._price(s, meta, cost_units)
-            keys = self.counter_keys(meta, s.policy)
+            cost, conversion = price(cost_units, s.policy, s.rates, meta.timestamp)
+            c = request_counters(s.policy, meta, self.tracked)
             try:
-                values = self.ledger.totals(list(keys.values()))
+                values = self.ledger.totals(list(c.keys.values()), **c.reads_option)
             except LedgerError as exc:
                 return Evaluation(self._deny(f"ledger error: {exc}", s.policy), conversion=conversion)
-            return self._decide(s, meta, cost, dict(zip(keys, values)), conversion)
+            e = self._decide(s, meta, cost, dict(zip(c.keys, values)), conversion, c.input_windows())
+            return e if e.decision.allow else self._narrow(s, meta, c, cost, e)
 
     def check(self, meta: CostMetadata | Mapping[str, Any], cost_units: Cost) -> Decision:
         """The Rust ``check``: ``evaluate(...).decision``."""
@@ -321,11 +309,11 @@ class BudgetGuard:
         """
         meta = _as_meta(meta)
         with self._using() as s:
-            cost, conversion = self._price(s, meta, cost_units)
+            cost, conversion = price(cost_units, s.policy, s.rates, meta.timestamp)
             if conversion is not None and conversion.status != "ok":
                 raise AmountError(f"cannot record {conversion.original.units} {conversion.original.currency}: "
                                   f"{conversion.reason}")
-            self.ledger.add(list(self.counter_keys(meta, s.policy).values()), cost)
+            self.ledger.add(list(request_counters(s.policy, meta, self.tracked).keys.values()), cost)
 
     def authorize(self, meta: CostMetadata | Mapping[str, Any], cost_units: Cost, *,
                   book: Mapping[str, Any] | None = None) -> Authorization:
@@ -345,19 +333,23 @@ class BudgetGuard:
 
     def _authorize(self, s: Loaded, meta: CostMetadata, cost_units: Cost,
                    book: Mapping[str, Any] | None) -> Authorization:
-        cost, conversion = self._price(s, meta, cost_units)
-        keys = self.counter_keys(meta, s.policy)
+        cost, conversion = price(cost_units, s.policy, s.rates, meta.timestamp)
+        c = request_counters(s.policy, meta, self.tracked)
+        keys = c.keys
         ident = self.identity(meta, s.policy)
         attempt = uuid.uuid4().hex
         rid = meta.receipt_id
 
-        def auth(decision: Decision, amount: int, e: Evaluation | None = None, held: bool = False) -> Authorization:
+        def auth(decision: Decision, amount: int, e: Evaluation | None = None, held: bool = False,
+                 emitted: tuple[WarningEvent, ...] = ()) -> Authorization:
             return Authorization(decision, rid, amount, self, e and e.input, e and e.eval_ns, attempt, held,
-                                 conversion, s.rego_revision, meta.timestamp, None, s.rates, s.policy.currency)
+                                 conversion, s.rego_revision, meta.timestamp, None, s.rates, s.policy.currency,
+                                 emitted)
 
         try:
             r: Reservation = self.ledger.reserve(rid, list(keys.values()), cost, self.reservation_ttl,
-                                                 book={**(book or {}), "identity": ident}, attempt=attempt)
+                                                 book={**(book or {}), "identity": ident}, attempt=attempt,
+                                                 **c.reads_option)
         except LedgerError as exc:  # it may have run (a lost reply): give back only what this attempt made
             self._give_back(rid, attempt)
             return auth(self._deny(f"ledger error: {exc}", s.policy), cost)
@@ -368,24 +360,33 @@ class BudgetGuard:
         before = dict(zip(r.keys, r.before))
         if conversion is not None and conversion.units is not None and r.amount != conversion.units:
             conversion = None  # a retry decides on the reservation already held, at its amount
-        e = self._decide(s, meta, r.amount, {scope: before[k] for scope, k in keys.items()}, conversion)
+        e = self._decide(s, meta, r.amount, {scope: before[k] for scope, k in keys.items()}, conversion,
+                         c.input_windows())
         if not e.decision.allow:
             if r.created:
                 self._give_back(rid, attempt)
+            e = self._narrow(s, meta, c, r.amount, e)
             return auth(e.decision, cost, e)
-        return auth(e.decision, r.amount, e, held=True)
+        emitted = self._emit_warnings(s, meta, c, e.decision) if r.created and e.decision.warnings else ()
+        return auth(e.decision, r.amount, e, True, emitted)
 
-    def total_spent(self) -> int:
+    # Reports answer for the total limit's window containing ``at`` (Unix seconds, default now).
+
+    def window(self, at: int | None = None) -> Span:
+        """That window (``.describe()`` says which); all-time for an all-time ``max_total``."""
+        return total_window(self.policy, _at(at))[0]
+
+    def total_spent(self, at: int | None = None) -> int:
         """Posted spend across the policy (the Rust ``total_spent``); held reservations are not in it."""
-        return self.ledger.balances([self._total_key])[0].spent
+        return total_balance(self.ledger, self.policy, _at(at)).spent
 
-    def total_held(self) -> int:
+    def total_held(self, at: int | None = None) -> int:
         """Units held by live reservations across the policy (may exceed 2^64-1 in sum)."""
-        return self.ledger.balances([self._total_key])[0].held
+        return total_balance(self.ledger, self.policy, _at(at)).held
 
-    def remaining(self) -> int:
+    def remaining(self, at: int | None = None) -> int:
         """What can still be authorized: ``max_total - (spent + held)``, never below 0."""
-        b = self.ledger.balances([self._total_key])[0]
+        b = total_balance(self.ledger, self.policy, _at(at))
         return max(self.policy.max_total.units - min(b.spent + b.held, U64_MAX), 0)
 
     def close(self) -> None:

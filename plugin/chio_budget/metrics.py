@@ -27,6 +27,9 @@ Metric names (namespace ``chio_budget``):
   ``chio_budget_over_estimate_total{policy_id}``.
 - ``chio_budget_shadow_disagreements_total{policy_id,shadow_policy_id}``.
 - ``chio_budget_decision_log_errors_total``.
+- ``chio_budget_warnings_total{policy_id,scope,threshold}`` - soft-limit
+  thresholds crossed, once per threshold, window and counter (``threshold``
+  as written, ``0.8``: bounded by the policy's ``warn_at``).
 - ``chio_budget_policy_revision_info{policy_id,policy_revision,rego_revision}``
   - 1 for the version in force (one series per policy: a reload replaces it),
   with ``chio_budget_policy_loaded_timestamp_seconds{policy_id}`` and
@@ -133,6 +136,8 @@ class BudgetMetrics:
                                             ["policy_id", "shadow_policy_id"], namespace=ns, registry=r)
         self.log_errors = Counter("decision_log_errors", "Decision-log writes that failed",
                                   namespace=ns, registry=r)
+        self.warnings = Counter("warnings", "Soft-limit thresholds crossed (once per threshold, window, counter)",
+                                ["policy_id", "scope", "threshold"], namespace=ns, registry=r)
         self.policy_info = Gauge("policy_revision_info", "The policy version in force (value 1)",
                                  ["policy_id", "policy_revision", "rego_revision"], namespace=ns, registry=r)
         self.policy_loaded = Gauge("policy_loaded_timestamp_seconds", "When the version in force was loaded",
@@ -191,6 +196,10 @@ class BudgetMetrics:
                 return math.nan
 
         self.reservations_open.labels(policy_id).set_function(read)
+
+    def observe_warning(self, policy_id: str, scope: str, threshold_bps: int) -> None:
+        """One crossing; ``threshold`` is the fraction as written (``0.8``), a bounded label."""
+        self.warnings.labels(policy_id, self._caps["scope"](scope), f"{threshold_bps / 10000:g}").inc()
 
     def set_policy(self, policy_id: str, policy_revision: str | None, rego_revision: str | None,
                    loaded_at: float) -> None:

@@ -20,12 +20,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from . import yamlsafe
 from .currencies import DEFAULT_CURRENCIES, CurrencyRegistry
 from .errors import PolicyError
+from .limits import InvocationCap, Limit, Thresholds, TimeZone, WindowSpec
 from .money import U64_MAX, Currency, MonetaryAmount
 from .text import TextError, decode_utf8, lone_surrogate, read_limited, shorten
+from .windows import ALL_TIME_WINDOW
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _POLICY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_AMOUNT_FIELDS = ("max_total", "max_per_session", "max_per_agent")
+_AMOUNT_FIELDS = ("max_total", "max_per_session", "max_per_agent", "max_per_invocation")
 _AMOUNT_MAPS = ("max_per_tool", "prices")
 
 
@@ -46,16 +48,24 @@ class BudgetPolicy(BaseModel):
     plain integer in the policy currency. Every limit must be in the policy
     currency: comparing a limit in one currency with spend in another would
     need a rate, and the compiler refuses to guess one.
+
+    Limits may also be written ``{units, window, warn_at}`` (``limits.Limit``);
+    ``window``, ``timezone`` and ``warn_at`` at the top are the defaults of
+    every limit (all-time, UTC, none: the Rust enforcer's behaviour).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     id: str = Field(pattern=_POLICY_ID.pattern)
     currency: Currency
-    max_total: MonetaryAmount
-    max_per_session: MonetaryAmount | None = None
-    max_per_agent: MonetaryAmount | None = None
-    max_per_tool: dict[ToolKey, MonetaryAmount] = Field(default_factory=dict)
+    max_total: Limit
+    max_per_session: Limit | None = None
+    max_per_agent: Limit | None = None
+    max_per_tool: dict[ToolKey, Limit] = Field(default_factory=dict)
+    max_per_invocation: InvocationCap | None = None
+    timezone: TimeZone = "UTC"
+    window: WindowSpec = ALL_TIME_WINDOW
+    warn_at: Thresholds = ()
     prices: dict[ToolKey, MonetaryAmount] = Field(
         default_factory=dict,
         description="per-invocation price estimates keyed 'server:tool' (used by the guard chain)",
@@ -74,6 +84,8 @@ class BudgetPolicy(BaseModel):
             # string then fails on `units` with the money module's message.
             if v is not None and not isinstance(v, (dict, list, MonetaryAmount)):
                 return {"units": v, "currency": currency}
+            if isinstance(v, dict) and "currency" not in v and currency is not None:
+                return {**v, "currency": currency}  # the long form {units, window, warn_at}
             return v
 
         for name in _AMOUNT_FIELDS:

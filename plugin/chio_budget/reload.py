@@ -21,9 +21,10 @@ import hashlib
 import logging
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from .compiler import compile_all, revision_of
 from .currencies import DEFAULT_CURRENCIES
@@ -88,6 +89,24 @@ class Loaded:
             self._closed = self._closed or close
         if close:
             self.engine.close()
+
+    @staticmethod
+    @contextmanager
+    def in_force(current: Callable[[], "Loaded"]) -> Iterator["Loaded"]:
+        """The version ``current()`` names, held for one decision (a reload waits to close it
+        until we leave); when it was closed for good (the guard closed), it is yielded as is
+        and its engine denies."""
+        while True:
+            s = current()
+            if s.enter():
+                break
+            if s is current():
+                yield s
+                return
+        try:
+            yield s
+        finally:
+            s.leave()
 
     def close(self) -> None:
         """Close now (the guard is closing)."""
@@ -180,7 +199,15 @@ log = logging.getLogger("chio_budget.reload")
 
 
 def reload_guard(guard: Any) -> None:
-    """``BudgetGuard.reload``: load the guard's ``Source`` again and swap the result in (one at a time)."""
+    """``BudgetGuard.reload``: load the guard's ``Source`` again and swap the result in (one at a time).
+
+    Atomic: a decision runs wholly on the old version or wholly on the new
+    one; those in flight finish on the old, whose engine is closed after
+    them. Counters and held reservations are kept. On any failure (YAML,
+    rates, Rego parse/compile, Rego tests with ``verify_tests``, an OPA
+    server that never serves the new revision) the old version stays and
+    ``ReloadError`` (located) is raised and logged.
+    """
     source = guard._source
     if source is None:
         raise ReloadError("reload: this guard was not built from files with a named engine "

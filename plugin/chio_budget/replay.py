@@ -15,6 +15,7 @@ before it have run and stay recorded.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -41,6 +42,7 @@ class Event:
     meta: CostMetadata | None
     cost_units: int | MonetaryAmount | None  # an amount when the line (or --currency) names a currency
     line: int
+    at: int | None = None  # remaining/total_spent: the window containing this Unix second (default now)
 
 
 class _Object(dict):
@@ -132,14 +134,16 @@ def parse_meta(obj: Any, where: str, prefix: tuple = ()) -> CostMetadata:
 def _event(obj: Any, where: str, line: int, currency: str | None, currencies: CurrencyRegistry) -> Event:
     if not isinstance(obj, dict):
         raise InputError(f"{where}: <line>: must be a JSON object")
-    unknown = set(obj) - {"op", "meta", "cost_units", "currency"}
+    unknown = set(obj) - {"op", "meta", "cost_units", "currency", "at"}
     if unknown:
         raise InputError(f"{where}: {sorted(unknown)[0]}: unknown field")
     op = obj.get("op")
     if op not in OPS:
         raise InputError(f"{where}: op: must be one of {', '.join(OPS)}, got {op!r}")
     if op not in _NEEDS_COST:
-        return Event(op, None, None, line)
+        return Event(op, None, None, line, _at(obj, where))
+    if "at" in obj:
+        raise InputError(f"{where}: at: only for remaining and total_spent (a request's window is its meta.timestamp)")
     if "meta" not in obj:
         raise InputError(f"{where}: meta: required for op {op!r}")
     if "cost_units" not in obj:
@@ -153,6 +157,15 @@ def _event(obj: Any, where: str, line: int, currency: str | None, currencies: Cu
     except ValueError as exc:
         raise InputError(f"{where}: {exc}") from None
     return Event(op, meta, cost if code is None else MonetaryAmount(units=cost, currency=code), line)
+
+
+def _at(obj: dict, where: str) -> int | None:
+    if "at" not in obj:
+        return None
+    try:
+        return check_units(obj["at"], "at")
+    except ValueError as exc:
+        raise InputError(f"{where}: {exc} (Unix seconds)") from None
 
 
 def load_events(text: str, name: str, *, currency: str | None = None,
@@ -185,9 +198,12 @@ def _run_one(guard: Any, ev: Event) -> dict[str, Any]:
         if isinstance(ev.cost_units, MonetaryAmount):
             return {"recorded": ev.cost_units.units, "currency": ev.cost_units.currency}
         return {"recorded": ev.cost_units}
-    if ev.op == "remaining":
-        return {"remaining": guard.remaining()}
-    return {"total_spent": guard.total_spent()}
+    at = int(time.time()) if ev.at is None else ev.at
+    out = {ev.op: guard.remaining(at) if ev.op == "remaining" else guard.total_spent(at)}
+    window = guard.window(at)
+    if window.window.kind != "all_time":  # say which window; an all-time answer is unchanged
+        out["window"] = window.input()
+    return out
 
 
 def run_events(guard: Any, events: list[Event], name: str = "<events>") -> Iterator[dict[str, Any]]:

@@ -13,6 +13,7 @@ these modules by name:
 - ``support.guards`` - paths, the Rust tests' policy and metadata, the one
   guard builder (``guard_for``; the ``make_guard`` fixture closes what it built).
 - ``support.chain`` - kernel contexts, simple kernel guards, the chain-guard builder.
+- ``support.windows`` - spending helpers for the window tests.
 - ``support.workload`` - the overspend workload and the functions child
   processes run (they must be importable by name in a fresh interpreter).
 - ``support.redis_servers`` - Redis servers and a 3-master Redis Cluster of
