@@ -107,7 +107,15 @@ def need_cluster() -> None:
     _need("Redis Cluster", "free loopback ports", problem, "CHIO_REQUIRE_CLUSTER")
 
 
-def session_cluster(config: pytest.Config) -> str:
+_config: list[pytest.Config] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Remember the session's config: the cluster stops with it (this module is a plugin)."""
+    _config[:] = [config]
+
+
+def session_cluster() -> str:
     """The session's 3-master Redis Cluster, started on first use and stopped (by PID) when the
     session ends; its URI (``redis+cluster://...``)."""
     need_cluster()
@@ -115,14 +123,14 @@ def session_cluster(config: pytest.Config) -> str:
         from .redis_servers import RedisClusterProcess
 
         _cluster.append(RedisClusterProcess())
-        config.add_cleanup(_cluster[0].stop)
+        _config[0].add_cleanup(_cluster[0].stop)
     return _cluster[0].url
 
 
 @pytest.fixture(scope="session")
-def redis_cluster(pytestconfig: pytest.Config) -> str:
+def redis_cluster() -> str:
     """``session_cluster`` as a fixture."""
-    return session_cluster(pytestconfig)
+    return session_cluster()
 
 
 def delete_redis_prefix(prefix: str) -> None:
@@ -205,14 +213,13 @@ BACKENDS = ["memory", *SHARED_BACKENDS]
 
 def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest | None = None) -> Store:
     """A ``Store`` outside a fixture (hypothesis machines, subprocess tests); call ``cleanup()``.
-    The cluster needs ``request`` (to reach the session's cluster)."""
+    (``request`` is accepted and not needed.)"""
     if kind == "redis":
         need_redis()
     elif kind == "postgres":
         need_postgres()
     elif kind == "cluster":
-        assert request is not None, "the cluster store needs the test's request"
-        return Store(kind, tmp_path, session_cluster(request.config))
+        return Store(kind, tmp_path, session_cluster())
     return Store(kind, tmp_path)
 
 
