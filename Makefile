@@ -11,7 +11,7 @@ venv: $(BIN)/.installed
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) -e '.[dev,redis,postgres,watch]'
+	$(PIP_INSTALL) -e '.[dev,redis,postgres,watch,charts]'
 	touch $@
 
 # pytest, then the Rego tests: a real `opa test` when one exists, else the

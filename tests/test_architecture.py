@@ -32,7 +32,7 @@ TIERS: list[set[str]] = [
     {"reload", "soft_limits", "opa_input"},
     {"guard", "shadow", "chain", "wasm"},
     {"chain_guard"},
-    {"replay", "demo", "cli_rates"},
+    {"replay", "demo", "cli_rates", "toolkit"},
     {"cli", ""},  # "" is the package itself (its __init__)
 ]
 
@@ -48,7 +48,9 @@ ONE_HOME = {
     "prometheus_client": {"metrics"},
     "babel": {"currencies"},
     "watchfiles": {"watch"},
-    "typer": {"cli", "cli_rates"},
+    "typer": {"cli", "cli_rates", "toolkit.cli", "toolkit.cli_report", "toolkit.cli_lint", "toolkit.cli_simulate",
+              "toolkit.cli_ledger"},
+    "matplotlib": {"toolkit.charts"},
 }
 
 MAX_LINES = 400

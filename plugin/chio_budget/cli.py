@@ -16,6 +16,7 @@ import typer
 
 from . import cli_rates
 from .errors import ChioBudgetError, InputError, PolicyError, WindowError
+from .toolkit.cli import register as register_toolkit
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
@@ -270,6 +271,7 @@ def explain(decision_id: str = typer.Argument(..., help="decision_id from a deci
 
 
 cli_rates.register(app)
+register_toolkit(app, globals())  # report, sample-log, lint, simulate, diff, ledger (issue 12)
 
 
 def main() -> None:

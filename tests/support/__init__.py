@@ -20,4 +20,8 @@ these modules by name:
   the tests' own, started and stopped by PID (durable ones for the fault test).
 - ``support.tcp_proxy`` - a loopback proxy that delays, holds or cuts traffic.
 - ``support.fleet_replica`` - one kernel replica process of the fault test.
+- ``support.toolkit`` - receipt-log builders for the toolkit tests (``rec``: the Rust tests'
+  ``make_record``; ``write_log``, gzip by extension).
+- ``support.rust_query`` - ``query.rs``'s ``execute_cost_query`` transcribed line for line (the
+  report's oracle; not streaming, sharing no code with ``chio_budget.toolkit``).
 """
