@@ -12,9 +12,10 @@ whole or not at all even when the parent SIGKILLs it:
 - ``{"k": "d", "rid", "t0", "t1", "allow", "error", "scopes"}`` per decision
   (``t0``/``t1``: wall time around ``authorize``);
 - ``{"k": "ack", "rid", "amount", "keys", "outcome"}`` once a commit is
-  acknowledged: after a ``LedgerError`` the commit is retried (it is
-  idempotent) and ``already_committed`` is acknowledged with the amount the
-  ledger records for the receipt, as a careful caller does;
+  acknowledged: after a ``LedgerError`` the settlement stays pending and is
+  retried before each next decision (it is idempotent; the replica goes on
+  deciding meanwhile), and ``already_committed`` is acknowledged with the
+  amount the ledger records for the receipt, as a careful caller does;
 - ``{"k": "settle_error", "rid", "error"}`` per failed settle attempt.
 """
 
@@ -43,24 +44,25 @@ def _wait(path: str, deadline: float) -> None:
         time.sleep(0.005)
 
 
-def _settle(guard, a, rid: str, keys: dict, actual: int | None, log, deadline: float) -> None:
-    """Commit (``actual`` not None) or release, retrying through an outage until it is answered."""
+def _settle(guard, pending: list, log) -> None:
+    """Try each pending settlement once (commit: ``actual`` not None; else release); keep those
+    that failed for the next round. A replica goes on deciding while the ledger is away, as a
+    kernel keeps taking calls while older settlements retry."""
     from chio_budget.errors import LedgerError
 
-    while True:
+    still = []
+    for a, rid, keys, actual in pending:
         try:
             s = a.commit(actual) if actual is not None else a.release()
         except LedgerError as exc:
             log(k="settle_error", rid=rid, error=str(exc)[:200])
-            if time.time() > deadline:
-                return
-            time.sleep(0.05)
+            still.append((a, rid, keys, actual))
             continue
         if s.outcome in ("committed", "committed_late"):
             log(k="ack", rid=rid, amount=s.amount, keys=keys, outcome=s.outcome)
         elif s.outcome == "already_committed":  # an earlier attempt ran; its reply was lost
             log(k="ack", rid=rid, amount=guard.ledger.get(rid).settled_amount, keys=keys, outcome=s.outcome)
-        return
+    pending[:] = still
 
 
 def main(uri: str, log_path: str, seed: int, go_file: str, stop_file: str) -> None:
@@ -74,8 +76,9 @@ def main(uri: str, log_path: str, seed: int, go_file: str, stop_file: str) -> No
     end = time.time() + 60
     _wait(go_file, end)
     rnd = random.Random(seed)
-    streak, i = 0, 0
+    streak, i, pending = 0, 0, []
     while streak < 40 and not os.path.exists(stop_file) and time.time() < end:
+        _settle(guard, pending, log)
         i += 1
         server, tool = rnd.choice(TOOLS)
         meta = CostMetadata(receipt_id=f"r{seed}-{i}", timestamp=i, agent_id=rnd.choice(AGENTS),
@@ -94,5 +97,9 @@ def main(uri: str, log_path: str, seed: int, go_file: str, stop_file: str) -> No
             continue
         streak = 0
         actual = rnd.randint(0, cost) if rnd.random() < 0.85 else None
-        _settle(guard, a, meta.receipt_id, guard.counter_keys(meta), actual, log, end)
+        pending.append((a, meta.receipt_id, guard.counter_keys(meta), actual))
+        _settle(guard, pending, log)
+    while pending and time.time() < end:  # the budget is spent; finish what is still open
+        time.sleep(0.05)
+        _settle(guard, pending, log)
     guard.close()
