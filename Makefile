@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# opa-golib-python-bindings 0.4.4 declares Python >= 3.14 but runs on 3.11.
-PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check --ignore-requires-python -q
+PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q
+# Every extra, so the whole suite runs (the embedded guard alone needs none).
+EXTRAS := dev,redis,postgres,watch,charts
 
 .PHONY: venv test pytest rego-test demo bench clean
 
@@ -11,9 +12,11 @@ venv: $(BIN)/.installed
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) -e '.[dev,redis,postgres,watch]'
-	# charts (matplotlib) honouring requires-python: ignoring it picks numpy/contourpy sdists that need 3.12
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[charts]'
+	# opa-golib-python-bindings 0.4.4 declares Python >= 3.14 but runs on 3.11: only it is
+	# installed ignoring Requires-Python (doing that for everything would pick releases
+	# that have no wheel for this Python, e.g. contourpy 1.4 under matplotlib).
+	$(PIP_INSTALL) --ignore-requires-python --no-deps opa-golib-python-bindings==0.4.4
+	$(PIP_INSTALL) -e '.[$(EXTRAS)]'
 	touch $@
 
 # pytest, then the Rego tests: a real `opa test` when one exists, else the
