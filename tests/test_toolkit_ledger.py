@@ -63,7 +63,7 @@ def test_adjust_refunds_never_below_zero_and_is_audited(shared_store, tmp_path):
     assert r.stdout.strip() == f"{A1}: spent 180 -> 0 (held 0)"  # clamped at 0
     first, second = events(log)
     assert first["chio"] == {"action": "adjust", "who": "ops@example", "why": "refund for incident 42",
-                             "ledger": shared_store.uri, "key": A1, "delta": -120,
+                             "ledger": redacted(shared_store.uri), "key": A1, "delta": -120,
                              "before": {"spent": 300, "held": 0}, "after": {"spent": 180, "held": 0}}
     assert second["chio"]["after"] == {"spent": 0, "held": 0}
     assert shared_store.open().balances([A1]) == [Balance(0, 0)]
