@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q
 # Every extra, so the whole suite runs (the embedded guard alone needs none).
-EXTRAS := dev,redis,signing,watch,charts,serve
+EXTRAS := dev,redis,postgres,signing,watch,charts,serve
 
 .PHONY: venv test pytest rego-test demo bench clean
 

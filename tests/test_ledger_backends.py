@@ -40,7 +40,7 @@ def test_open_ledger_dispatches_by_uri(tmp_path):
     m = open_ledger("memory://?ttl=60&settled_retention=10&settled_max=5")
     assert (m.options.ttl, m.options.settled_retention, m.options.settled_max) == (60, 10, 5)
     assert open_ledger("memory://?ttl=60", ttl=7).options.ttl == 7, "keywords win over the URI"
-    for bad in ("postgres://x", f"sqlite:///{tmp_path / 'x.db'}?colour=blue", "sqlite:///:memory:",
+    for bad in ("mysql://x", f"sqlite:///{tmp_path / 'x.db'}?colour=blue", "sqlite:///:memory:",
                 "memory://?colour=blue", "memory://?settled_max=0", "memory://?settled_retention=-1"):
         with pytest.raises(LedgerError):
             open_ledger(bad)

@@ -63,7 +63,7 @@ def test_adjust_refunds_never_below_zero_and_is_audited(shared_store, tmp_path):
     assert r.stdout.strip() == f"{A1}: spent 180 -> 0 (held 0)"  # clamped at 0
     first, second = events(log)
     assert first["chio"] == {"event": "audit", "action": "adjust", "who": "ops@example",
-                             "why": "refund for incident 42", "ledger": shared_store.uri}
+                             "why": "refund for incident 42", "ledger": redacted(shared_store.uri)}
     assert first["input"] == {"key": A1, "delta": -120,  # where a mask rule reaches the agent in the key
                               "before": {"spent": 300, "held": 0}, "after": {"spent": 180, "held": 0}}
     assert second["input"]["after"] == {"spent": 0, "held": 0}

@@ -25,7 +25,7 @@ POLICY_ID = typer.Option("default", "--policy-id", help="policy to enforce")
 REGO_DIR = typer.Option(None, "--rego-dir", help="Rego directory (default: the one shipped in the package)")
 ENGINE = typer.Option("embedded", "--engine", help="embedded | server")
 OPA_URL = typer.Option(None, "--opa-url", envvar="CHIO_OPA_URL", help="OPA server URL (engine=server)")
-LEDGER = typer.Option("memory", "--ledger", envvar="CHIO_LEDGER", help="memory | sqlite:///path | redis://host:port/db")
+LEDGER = typer.Option("memory", "--ledger", envvar="CHIO_LEDGER", help="memory | sqlite:///path | redis://host:port/db | postgresql://user@host/db?schema=name")
 RATES = typer.Option(None, "--rates", envvar="CHIO_RATES", help="rates.yaml: exchange rates and declared currency units")
 CURRENCY = typer.Option(None, "--currency", help="currency of the cost (default: the policy's)")
 

@@ -7,7 +7,8 @@ these modules by name:
 
 - ``support.backends`` - the one ledger backend picker (``store``,
   ``shared_store``: memory, a real SQLite file, the real Redis under a key
-  prefix of its own), Redis reachability, fault injection over a real ledger.
+  prefix of its own, the session's Redis Cluster, PostgreSQL under a schema
+  of its own), reachability, fault injection over a real ledger.
 - ``support.clock`` - the one fake clock (``clock``).
 - ``support.guards`` - paths, the Rust tests' policy and metadata, the one
   guard builder (``guard_for``; the ``make_guard`` fixture closes what it built).
@@ -15,6 +16,10 @@ these modules by name:
 - ``support.windows`` - spending helpers for the window tests.
 - ``support.workload`` - the overspend workload and the functions child
   processes run (they must be importable by name in a fresh interpreter).
+- ``support.redis_servers`` - Redis servers and a 3-master Redis Cluster of
+  the tests' own, started and stopped by PID (durable ones for the fault test).
+- ``support.tcp_proxy`` - a loopback proxy that delays, holds or cuts traffic.
+- ``support.fleet_replica`` - one kernel replica process of the fault test.
 - ``support.toolkit`` - receipt-log builders for the toolkit tests (``rec``: the Rust tests'
   ``make_record``; ``write_log``, gzip by extension).
 - ``support.rust_query`` - ``query.rs``'s ``execute_cost_query`` transcribed line for line (the

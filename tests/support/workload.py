@@ -246,10 +246,11 @@ def window_worker(ledger, worker: int, n: int, start=None) -> int:
             ledger.close()
 
 
-def mark_worker(uri: str, marks: list[str], go_file: str) -> list[str]:
-    """Try every mark once; the marks this process was first to set."""
+def fleet_worker(uri: str, worker: int, n: int, marks: list[str], go_file: str) -> tuple[int, list[str]]:
+    """``window_worker`` on ``uri`` once the go file exists, then every mark tried once:
+    ``(holds kept, the marks this process was first to set)``."""
     ledger, _ = _opened_and_started(uri, go_file)
     try:
-        return [m for m in marks if ledger.mark_once(m, ttl=3600)]
+        return window_worker(ledger, worker, n), [m for m in marks if ledger.mark_once(m, ttl=3600)]
     finally:
         ledger.close()

@@ -2,7 +2,9 @@
 
 ``memory`` (default, also ``memory://?ttl=60``), ``sqlite:///path/to/file.db``,
 ``redis://host:port/db`` (also ``rediss://``, ``unix://``; needs the
-``[redis]`` extra). ``BACKENDS`` maps a scheme to the class that opens it;
+``[redis]`` extra; ``redis+cluster://host:port,host:port/0`` for Redis
+Cluster), ``postgresql://user@host:port/db?schema=name`` (also
+``postgres://``; needs the ``[postgres]`` extra). ``BACKENDS`` maps a scheme to the class that opens it;
 each class has ``from_uri(uri, **options)`` and is imported only when used.
 """
 
@@ -25,10 +27,14 @@ BACKENDS: dict[str, str] = {
     "redis": "chio_budget.ledger.redis:RedisLedger",
     "rediss": "chio_budget.ledger.redis:RedisLedger",
     "unix": "chio_budget.ledger.redis:RedisLedger",
+    "redis+cluster": "chio_budget.ledger.redis:RedisLedger",
+    "rediss+cluster": "chio_budget.ledger.redis:RedisLedger",
+    "postgresql": "chio_budget.ledger.postgres:PostgresLedger",
+    "postgres": "chio_budget.ledger.postgres:PostgresLedger",
 }
 """URI scheme -> ``module:Class``; add an entry to plug in another backend."""
 
-_EXTRAS = {"redis": "redis"}
+_EXTRAS = {"redis": "redis", "psycopg": "postgres", "psycopg_pool": "postgres"}
 
 
 def backend_class(scheme: str) -> Any:
@@ -37,7 +43,7 @@ def backend_class(scheme: str) -> Any:
     if target is None:
         raise LedgerError(f"unknown ledger scheme {scheme!r}: expected one of "
                           f"{', '.join(repr(s) for s in BACKENDS)} (e.g. 'memory', 'sqlite:///path', "
-                          "'redis://host:port/db')")
+                          "'redis://host:port/db', 'postgresql://user@host/db')")
     module, _, name = target.partition(":")
     try:
         return getattr(import_module(module), name)

@@ -29,14 +29,14 @@ def check_seconds(value: Any, what: str) -> float:
     return seconds
 
 
-def check_count(value: Any, what: str) -> int:
-    """A whole number >= 1 (``settled_max``)."""
+def check_count(value: Any, what: str, minimum: int = 1) -> int:
+    """A whole number >= ``minimum`` (``settled_max``, pool sizes)."""
     try:
         n = int(value, 10) if isinstance(value, str) else value
     except ValueError:
         n = None
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise LedgerError(f"{what}: expected a whole number >= 1, got {value!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < minimum:
+        raise LedgerError(f"{what}: expected a whole number >= {minimum}, got {value!r}")
     return n
 
 

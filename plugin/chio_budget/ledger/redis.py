@@ -43,10 +43,11 @@ import json
 import uuid
 from importlib import resources
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import redis as redis_py
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from ..errors import LedgerError
@@ -55,12 +56,14 @@ from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION,
                    ExportsSpent, Reads, Reservation, Settlement, check_delta, check_mark, check_reads, import_refused,
                    key_order, read_keys, reserve_args, spent_records, windowed)
 from .options import LedgerOptions, parse_query
+from .redis_cluster import SCHEMES, cluster_client, describe
 
 DEFAULT_PREFIX = "chio-budget"
 SWEEP_LIMIT = 1000  # as in lua/lib.lua
 _SCRIPTS = ("reserve", "commit", "release", "get", "balances", "add", "expire", "mark", "adjust", "reset", "import")
 _BATCH = 1000  # keys per balances script in counters(), fields per HSET when staging an import
 _STAGING_TTL_MS = 3_600_000
+_ERRORS = (redis_py.RedisError, RedisClusterException)  # the latter is not a RedisError
 
 
 def _lua(name: str) -> str:
@@ -112,7 +115,8 @@ class RedisLedger(ExportsSpent, ClosesOnExit):
 
     @classmethod
     def from_uri(cls, uri: str, **options: Any) -> "RedisLedger":
-        """``redis://host:port/db`` (also ``rediss://``, ``unix://``), as redis-py reads it.
+        """``redis://host:port/db`` (also ``rediss://``, ``unix://``), as redis-py reads it;
+        ``redis+cluster://host:port,host:port/0`` (also ``rediss+cluster://``) for Redis Cluster.
 
         Ledger options may ride in the query (``?prefix=team-a&ttl=60
         &settled_retention=3600&settled_max=100000``); every other query
@@ -120,10 +124,12 @@ class RedisLedger(ExportsSpent, ClosesOnExit):
         ``options`` win. Socket timeouts default to 5 s so a hung server
         denies instead of hanging; redis-py's own retries are off.
         """
-        parts = urlsplit(uri)
-        ours, theirs = parse_query(uri, parts.query, {"prefix": lambda value, _: value}, pass_through=True)
+        query = uri.split("?", 1)[1] if "?" in uri else ""
+        ours, theirs = parse_query(uri, query, {"prefix": lambda value, _: value}, pass_through=True)
         ours.update({k: options.pop(k) for k in ("prefix", "ttl", "settled_retention", "settled_max", "clock")
                      if k in options})
+        if uri.split("://", 1)[0] in SCHEMES:
+            return cls(cluster_client(uri, theirs, options), **ours)
         options.setdefault("socket_timeout", 5.0)
         options.setdefault("socket_connect_timeout", 5.0)
         options.setdefault("retry", Retry(NoBackoff(), 0))
@@ -141,15 +147,15 @@ class RedisLedger(ExportsSpent, ClosesOnExit):
         now = "" if self._clock is None else repr(float(self._clock()))
         try:
             return self._scripts[name](keys=[*self.keys, *extra_keys], args=[now, *self._limits, *args])
-        except redis_py.RedisError as exc:
-            raise LedgerError(f"redis ledger: {type(exc).__name__}: {exc}") from None
+        except _ERRORS as exc:
+            raise LedgerError(f"redis ledger: {describe(exc)}") from None
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """One plain command on the client, failures wrapped like ``_run``'s."""
         try:
             return getattr(self.client, method)(*args, **kwargs)
-        except redis_py.RedisError as exc:
-            raise LedgerError(f"redis ledger: {type(exc).__name__}: {exc}") from None
+        except _ERRORS as exc:
+            raise LedgerError(f"redis ledger: {describe(exc)}") from None
 
     # -- Ledger ------------------------------------------------------------------
 
