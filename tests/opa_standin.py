@@ -2,35 +2,34 @@
 
 No ``opa`` binary can be installed on the machines this project is built on,
 so the server-engine tests run against this: a standard-library
-``ThreadingHTTPServer`` serving the part of OPA's REST API the guard and
-``chio-budget push`` use, evaluated by the real OPA (the embedded
-``opa_bindings`` engine, OPA v1.20):
+``ThreadingHTTPServer`` serving OPA's REST Data, Policy and Health API,
+evaluated by the real OPA (the embedded ``opa_bindings`` engine, OPA v1.20).
+It answers as ``opa run --server`` does (``v1/server/server.go``; the
+answers themselves are in ``opa_standin_store``), and
+``tests/test_opa_contract.py`` pins each behaviour against a real ``opa``
+when one exists:
 
-    GET    /health                       200 {}
-    GET    /v1/policies                  {"result": [{"id", "raw"}, ...]}
-    PUT    /v1/policies/{id}             text/plain Rego; 200 {} or 400 {"code", "message", "errors"}
-    GET    /v1/policies/{id}             {"result": {"id", "raw"}} or 404
-    DELETE /v1/policies/{id}             200 {} or 404
-    PUT    /v1/data/{path}               JSON document; 204
-    PATCH  /v1/data/{path}               JSON Patch (add / remove / replace); 204
-    DELETE /v1/data/{path}               204 or 404
-    GET    /v1/data/{path}               {"result": value} or {} when undefined
-    POST   /v1/data/{path}               {"input": ...} -> {"result": value} or {} when undefined
+    GET    /health[?bundles][?plugins]  200 {} (500 {"error": ...} while not ready)
+    GET    /v1/policies                 {"result": [{"ast", "id", "raw"}]}   (/v1/policies/ is a policy id "")
+    GET|PUT|DELETE /v1/policies/{id}    404 / 400 with errors[] as OPA
+    GET|POST /v1/data[/{path}]          {"result"} | {} undefined, + decision_id (decision logs on),
+                                        warning (POST without input), metrics (?metrics), provenance
+    PUT|PATCH|DELETE /v1/data[/{path}]  204; 404 on a missing document; 400 under a bundle's roots
+    other methods on those paths        405; any other path 404 "404 page not found"
 
-Errors have OPA's body shape ``{"code": ..., "message": ...}``. It loads the
-bundles ``chio-budget bundle`` writes (``StandIn(bundle=...)``, like
-``opa run --server --bundle``), with its own reader so the bundle format is
-checked independently of the writer, and - as OPA does - refuses writes
-under a root a loaded bundle owns.
+Not served: ``/v1/query``, ``/v1/compile``, ``/v1/config``, ``/v1/status``,
+``explain``, ``instrument``, ``strict-builtin-errors``, gzip bodies, YAML
+bodies. ``details`` of non-parse compile errors (OPA's type-error
+have/want) are not reproduced; their text is dropped from ``message`` as
+OPA's JSON has it.
 
 Fault switches (``standin.faults.set(...)``) make it misbehave on matching
 requests, for the fail-closed tests: ``delay`` seconds before answering,
 answer with HTTP ``status``, ``close`` the connection without answering,
 answer 200 with a raw ``body``, or ``trickle`` the real answer one byte
-every ``trickle`` seconds (after the first ``trickle_after`` bytes, e.g. the
-headers, sent at once), which no per-read timeout ever cuts. With ``upstream=URL`` it forwards every
-request to a real OPA instead (a fault-injecting front), so the same tests
-run unchanged against a real ``opa`` when one exists.
+every ``trickle`` seconds (after the first ``trickle_after`` bytes). With
+``upstream=URL`` it forwards every request to a real OPA instead (a
+fault-injecting front), so the same tests run unchanged against a real ``opa``.
 
 Every response is written in one ``send`` with ``TCP_NODELAY`` set: headers
 and body in separate segments would cost ~40 ms a call (Nagle + delayed ACK).
@@ -40,32 +39,21 @@ Run by hand: ``python tests/opa_standin.py --addr 127.0.0.1:8181 --bundle build/
 
 from __future__ import annotations
 
-import copy
-import gzip
 import http.client
-import io
 import json
-import re
 import socket
-import tarfile
 import threading
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-from opa_bindings import OpaEngine, OpaError
+from opa_standin_state import OpaState, flag
+from opa_standin_store import ApiError, read_bundle
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_PACKAGE = re.compile(r"^\s*package\s+([A-Za-z_][A-Za-z0-9_.]*)", re.MULTILINE)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, errors: list | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.errors = status, code, message, errors
+__all__ = ["ApiError", "Faults", "StandIn", "read_bundle"]
 
 
 @dataclass
@@ -104,189 +92,27 @@ class Faults:
         return bool(self.delay or self.status or self.close or self.body is not None or self.trickle)
 
 
-def read_bundle(path: str | Path) -> tuple[dict, dict, dict[str, str]]:
-    """``(manifest, data, modules)`` of an OPA bundle, checked against its roots as OPA does."""
-    manifest: dict = {}
-    data: dict = {}
-    modules: dict[str, str] = {}
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(Path(path).read_bytes()))) as tar:
-        for member in tar.getmembers():
-            if not member.isfile():
-                continue
-            name = member.name.lstrip("/")
-            blob = tar.extractfile(member).read()  # type: ignore[union-attr]
-            if name == ".manifest":
-                manifest = json.loads(blob)
-            elif name == "data.json" or name.endswith("/data.json"):
-                parts = [p for p in name.split("/")[:-1] if p]
-                _set_path(data, parts, json.loads(blob), merge=True)
-            elif name.endswith(".rego"):
-                modules[name] = blob.decode("utf-8")
-    roots = manifest.get("roots", [""])
-    for mod_path, src in modules.items():
-        m = _PACKAGE.search(src)
-        pkg = m.group(1).replace(".", "/") if m else ""
-        if not any(_under(pkg, r) for r in roots):
-            raise ValueError(f"{mod_path}: package {pkg} outside manifest roots {roots}")
-    for top in _leaf_paths(data):
-        if not any(_under(top, r) or _under(r, top) for r in roots):
-            raise ValueError(f"data path {top} outside manifest roots {roots}")
-    return manifest, data, modules
+class StandIn(OpaState):
+    """The stand-in server. ``start()`` binds (the same port again after ``stop()``).
 
-
-def _under(path: str, root: str) -> bool:
-    path, root = path.strip("/"), root.strip("/")
-    return root == "" or path == root or path.startswith(root + "/")
-
-
-def _leaf_paths(data: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k, v in data.items():
-        p = f"{prefix}/{k}" if prefix else k
-        out.extend(_leaf_paths(v, p) if isinstance(v, dict) and v else [p])
-    return out
-
-
-def _set_path(doc: dict, parts: list[str], value: Any, *, merge: bool = False) -> None:
-    if not parts:
-        if not isinstance(value, dict):
-            raise ApiError(400, "invalid_parameter", "the root document must be an object")
-        if not merge:
-            doc.clear()
-        doc.update(value)
-        return
-    node = doc
-    for p in parts[:-1]:
-        nxt = node.setdefault(p, {})
-        if not isinstance(nxt, dict):
-            raise ApiError(400, "invalid_parameter", f"path /{'/'.join(parts)}: {p} is not an object")
-        node = nxt
-    if merge and isinstance(node.get(parts[-1]), dict) and isinstance(value, dict):
-        node[parts[-1]].update(value)
-    else:
-        node[parts[-1]] = value
-
-
-def _patch_path(pointer: str) -> list[str]:
-    return [p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/") if p != ""]
-
-
-class StandIn:
-    """The stand-in server. ``start()`` binds (the same port again after ``stop()``)."""
+    ``ready=False`` is OPA before its bundle plugin first activated a bundle
+    (``/health?bundles`` and ``?plugins`` answer 500); ``decision_logs=True``
+    is OPA with decision logging on (every data answer has a ``decision_id``).
+    """
 
     def __init__(self, *, bundle: str | Path | None = None, upstream: str | None = None,
-                 host: str = "127.0.0.1", port: int = 0):
+                 host: str = "127.0.0.1", port: int = 0, ready: bool = True, decision_logs: bool = False):
+        super().__init__(ready=ready, decision_logs=decision_logs)
         self.host, self.port = host, port
         self.upstream = urlsplit(upstream) if upstream else None
         self.faults = Faults()
         self.requests = 0
         self.connections = 0  # TCP connections accepted: shows whether clients reuse them
         self.last_headers: dict[str, str] = {}
-        self._lock = threading.RLock()
-        self._policies: dict[str, str] = {}
-        self._data: dict[str, Any] = {}
-        self._roots: list[str] = []
-        self.bundle_revision: str | None = None
-        self._engine = self._build(self._policies, self._data)
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         if bundle is not None:
             self.load_bundle(bundle)
-
-    # -- state ---------------------------------------------------------------
-
-    def load_bundle(self, path: str | Path) -> None:
-        """Replace everything with the bundle's contents (what ``opa run --bundle`` activates)."""
-        manifest, data, modules = read_bundle(path)
-        with self._lock:
-            ids = {f"{Path(path).name}/{p}": src for p, src in modules.items()}
-            self._engine = self._build(ids, data)
-            self._policies, self._data = ids, data
-            self._roots = list(manifest.get("roots", [""]))
-            self.bundle_revision = manifest.get("revision")
-
-    @staticmethod
-    def _build(policies: dict[str, str], data: dict[str, Any]) -> OpaEngine:
-        engine = OpaEngine()
-        engine.print_handler = lambda _m, _l: None
-        try:
-            for pid, src in sorted(policies.items()):
-                engine.add_policy(pid, src)
-            engine.add_data(copy.deepcopy(data))
-            engine.eval_query("x := 1")  # compiles everything: conflicts surface here, not on a query
-        except OpaError as exc:
-            engine.close()
-            code = "invalid_parameter"
-            raise ApiError(400, code, "error(s) occurred while compiling module(s)",
-                           [{"code": exc.code, "message": exc.message}]) from None
-        return engine
-
-    def _owned(self, path: str) -> None:
-        for root in self._roots:
-            if _under(path, root) or _under(root, path):
-                raise ApiError(400, "invalid_parameter", f"path \"/{path}\" is owned by bundle")
-
-    def put_policy(self, pid: str, src: str) -> None:
-        with self._lock:
-            m = _PACKAGE.search(src)
-            if m:
-                self._owned(m.group(1).replace(".", "/"))
-            policies = {**self._policies, pid: src}
-            self._engine = self._build(policies, self._data)
-            self._policies = policies
-
-    def delete_policy(self, pid: str) -> None:
-        with self._lock:
-            if pid not in self._policies:
-                raise ApiError(404, "resource_not_found", f"storage_not_found_error: policy id {pid!r}")
-            policies = {k: v for k, v in self._policies.items() if k != pid}
-            self._engine = self._build(policies, self._data)
-            self._policies = policies
-
-    def write_data(self, parts: list[str], op: str, value: Any = None) -> None:
-        with self._lock:
-            self._owned("/".join(parts))
-            data = copy.deepcopy(self._data)
-            if op == "put":
-                _set_path(data, parts, value)
-            elif op == "delete":
-                node: Any = data
-                for p in parts[:-1]:
-                    node = node.get(p) if isinstance(node, dict) else None
-                if not parts or not isinstance(node, dict) or parts[-1] not in node:
-                    raise ApiError(404, "resource_not_found", f"storage_not_found_error: /{'/'.join(parts)}: document missing")
-                del node[parts[-1]]
-            elif op == "patch":
-                base = data
-                for p in parts:
-                    base = base.setdefault(p, {})
-                for step in value if isinstance(value, list) else [None]:
-                    if not isinstance(step, dict) or step.get("op") not in ("add", "remove", "replace"):
-                        raise ApiError(400, "invalid_parameter", "patch: each operation needs op add|remove|replace")
-                    target = _patch_path(step.get("path", ""))
-                    if step["op"] == "remove":
-                        node = base
-                        for p in target[:-1]:
-                            node = node[p]
-                        node.pop(target[-1], None)
-                    else:
-                        _set_path(base, target, step.get("value"))
-            self._engine = self._build(self._policies, data)
-            self._data = data
-
-    def evaluate(self, parts: list[str], input: Any = None) -> tuple[bool, Any]:
-        """``(defined, value)`` of ``data.<parts>`` with ``input``."""
-        engine = self._engine
-        try:
-            if all(_IDENT.match(p) for p in parts):
-                rs = engine.eval_query("x := data" + "".join("." + p for p in parts), input)
-            else:
-                rs = engine.eval_query("x := data" + "".join(f"[{json.dumps(p)}]" for p in parts), input)
-        except OpaError as exc:
-            raise ApiError(500, "internal_error", f"{exc.code}: {exc.message}") from None
-        return (True, rs[0]["x"]) if rs else (False, None)
-
-    # -- server --------------------------------------------------------------
 
     @property
     def url(self) -> str:
@@ -340,6 +166,9 @@ class _Server(ThreadingHTTPServer):
         """A client that gave up (timeout fault, stop()) is expected here; stay quiet."""
 
 
+_METHODS = ("GET", "PUT", "PATCH", "POST", "DELETE", "HEAD", "OPTIONS")
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
@@ -361,20 +190,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_PUT(self) -> None:
-        self._handle("PUT")
-
-    def do_PATCH(self) -> None:
-        self._handle("PATCH")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_DELETE(self) -> None:
-        self._handle("DELETE")
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("do_") and name[3:] in _METHODS:
+            return lambda: self._handle(name[3:])
+        raise AttributeError(name)
 
     # -- plumbing --------------------------------------------------------------
 
@@ -383,7 +202,7 @@ class _Handler(BaseHTTPRequestHandler):
         head = f"HTTP/1.1 {status} {reason}\r\n"
         if body is not None:
             head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-        elif status != 204:
+        elif status not in (204, 304):
             head += "Content-Length: 0\r\n"
         head += "\r\n"
         raw = head.encode("latin-1") + (body or b"")
@@ -398,8 +217,17 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self.wfile.write(raw[i:i + 1])
 
-    def _json(self, status: int, value: Any) -> None:
-        self._send(status, json.dumps(value, separators=(",", ":")).encode("utf-8"))
+    def _json(self, status: int, value: Any, pretty: bool = False) -> None:
+        """``writer.JSONOK``: an encoder's line (indented with ``?pretty``)."""
+        text = json.dumps(value, indent=2 if pretty else None, separators=None if pretty else (",", ":"))
+        self._send(status, (text + "\n").encode("utf-8"))
+
+    def _error(self, exc: ApiError) -> None:
+        """``writer.Error``: ``ErrorV1`` indented two spaces, then a newline."""
+        body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+        if exc.errors:
+            body["errors"] = exc.errors
+        self._send(exc.status, (json.dumps(body, indent=2) + "\n").encode("utf-8"))
 
     def _handle(self, method: str) -> None:
         standin = self.server.standin
@@ -408,43 +236,48 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         url = urlsplit(self.path)
-        faults = standin.faults
         self._trickle: tuple[float, int, threading.Event] | None = None
-        if faults.active and f"{method} {url.path}".startswith(faults.match):
-            faults.hits += 1
-            if faults.trickle:
-                self._trickle = (faults.trickle, faults.trickle_after, faults._wake)
-            if faults.delay:
-                faults._wake.wait(faults.delay)
-            if faults.close:
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
-                return
-            if faults.status:
-                return self._json(faults.status, {"code": "internal_error",
-                                                  "message": f"injected fault: HTTP {faults.status}"})
-            if faults.body is not None:
-                return self._send(200, faults.body)
+        if self._fault(method, url.path):
+            return
         if standin.upstream is not None:
             return self._forward(method, raw)
         try:
             self._route(method, url.path, url.query, raw)
         except ApiError as exc:
-            body = {"code": exc.code, "message": exc.message}
-            if exc.errors:
-                body["errors"] = exc.errors
-            self._json(exc.status, body)
+            self._error(exc)
+
+    def _fault(self, method: str, path: str) -> bool:
+        faults = self.server.standin.faults
+        if not (faults.active and f"{method} {path}".startswith(faults.match)):
+            return False
+        faults.hits += 1
+        if faults.trickle:
+            self._trickle = (faults.trickle, faults.trickle_after, faults._wake)
+        if faults.delay:
+            faults._wake.wait(faults.delay)
+        if faults.close:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return True
+        if faults.status:
+            self._json(faults.status, {"code": "internal_error", "message": f"injected fault: HTTP {faults.status}"})
+            return True
+        if faults.body is not None:
+            self._send(200, faults.body)
+            return True
+        return False
 
     def _forward(self, method: str, raw: bytes) -> None:
         up = self.server.standin.upstream
         assert up is not None
         conn = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
         try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "authorization")}
+            headers = {k: v for k, v in self.headers.items()
+                       if k.lower() in ("content-type", "authorization", "if-none-match")}
             conn.request(method, self.path, body=raw or None, headers=headers)
             resp = conn.getresponse()
             body = resp.read()
-            self._send(resp.status, body if body or resp.status != 204 else None,
+            self._send(resp.status, body if body or resp.status not in (204, 304, 405) else None,
                        resp.getheader("Content-Type", "application/json"))
         except OSError as exc:
             self._json(502, {"code": "internal_error", "message": f"upstream OPA: {exc}"})
@@ -452,45 +285,52 @@ class _Handler(BaseHTTPRequestHandler):
             conn.close()
 
     def _route(self, method: str, path: str, query: str, raw: bytes) -> None:
+        """Go's ServeMux patterns of ``initRouters``: exact routes, then 405 catch-alls, then 404."""
         standin = self.server.standin
+        params = parse_qs(query, keep_blank_values=True)
+        pretty = flag(params, "pretty")
         if path == "/health" and method == "GET":
-            return self._json(200, {})
-        if path.rstrip("/") == "/v1/policies" and method == "GET":
-            return self._json(200, {"result": [{"id": k, "raw": v} for k, v in sorted(standin._policies.items())]})
-        if path.startswith("/v1/policies/"):
-            pid = unquote(path[len("/v1/policies/"):])
-            if method == "PUT":
-                standin.put_policy(pid, raw.decode("utf-8"))
-                return self._json(200, {})
-            if method == "GET":
-                if pid not in standin._policies:
-                    raise ApiError(404, "resource_not_found", f"storage_not_found_error: policy id {pid!r}")
-                return self._json(200, {"result": {"id": pid, "raw": standin._policies[pid]}})
-            if method == "DELETE":
-                standin.delete_policy(pid)
-                return self._json(200, {})
+            return self._health(standin.health(flag(params, "bundles") or flag(params, "bundle"),
+                                               flag(params, "plugins")))
+        if path.startswith("/health/") and method == "GET":
+            return self._health(standin.health_policy(path[len("/health/"):]))
         if path == "/v1/data" or path.startswith("/v1/data/"):
-            parts = [unquote(p) for p in path[len("/v1/data"):].split("/") if p]
-            if method in ("PUT", "PATCH", "POST"):
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError as exc:
-                    raise ApiError(400, "invalid_parameter", f"body contains malformed JSON: {exc}") from None
+            return self._data(method, path[len("/v1/data"):], params, raw, pretty)
+        if path == "/v1/policies" and method == "GET":
+            return self._json(200, {"result": standin.list_policies()}, pretty)
+        if path.startswith("/v1/policies/") and method in ("GET", "PUT", "DELETE"):
+            pid = path[len("/v1/policies/"):]
+            if method == "GET":
+                return self._json(200, {"result": standin.get_policy(pid)}, pretty)
             if method == "PUT":
-                standin.write_data(parts, "put", body)
-                return self._send(204, None)
-            if method == "PATCH":
-                standin.write_data(parts, "patch", body)
-                return self._send(204, None)
-            if method == "DELETE":
-                standin.write_data(parts, "delete")
-                return self._send(204, None)
-            if method in ("GET", "POST"):
-                if method == "POST" and body is not None and not isinstance(body, dict):
-                    raise ApiError(400, "invalid_parameter", "body must be an object with an input")
-                defined, value = standin.evaluate(parts, (body or {}).get("input") if method == "POST" else None)
-                return self._json(200, {"result": value} if defined else {})
-        raise ApiError(404, "resource_not_found", f"no such endpoint: {method} {path}")
+                standin.put_policy(pid, raw)
+            else:
+                standin.delete_policy(pid)
+            return self._json(200, {}, pretty)
+        if path in ("/v1/policies", "/v1/query") or path.startswith(("/v1/policies/", "/v1/query/")):
+            return self._send(405, None)
+        self._send(404, b"404 page not found\n", "text/plain; charset=utf-8")
+
+    def _health(self, error: str | None) -> None:
+        if error is None:
+            return self._json(200, {})
+        self._send(500, (json.dumps({"error": error}, separators=(",", ":")) + "\n").encode())
+
+    def _data(self, method: str, sub: str, params: dict, raw: bytes, pretty: bool) -> None:
+        standin = self.server.standin
+        if method in ("GET", "POST"):
+            body = standin.query(sub, method, params, raw)
+            return self._json(200, body, pretty)
+        if method == "PUT":
+            status = standin.put_data(sub, raw, if_none_match=self.headers.get("If-None-Match") == "*")
+            return self._send(status, None)
+        if method == "PATCH":
+            standin.patch_data(sub, raw)
+            return self._send(204, None)
+        if method == "DELETE":
+            standin.delete_data(sub)
+            return self._send(204, None)
+        self._send(405, None)
 
 
 def main(argv: list[str] | None = None) -> None:

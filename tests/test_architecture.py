@@ -23,16 +23,17 @@ PACKAGE = ROOT / "plugin" / "chio_budget"
 # ``engines`` a module may also import its own subpackage (checked for circles below).
 TIERS: list[set[str]] = [
     {"errors", "text"},
-    {"currencies", "yamlsafe", "watch", "windows"},
+    {"currencies", "yamlsafe", "watch", "windows", "rego_source", "rego_metadata"},
     {"money"},
     {"limits"},
-    {"policy", "cost", "decision", "kernel", "settlement", "rates", "rego_files", "metrics"},
-    {"conversion", "compiler", "rust_model", "rates_file", "regotest", "ledger"},
-    {"actual_cost", "authorization", "engines", "bundle", "decisionlog", "counters"},
-    {"reload", "soft_limits", "opa_input"},
+    {"policy", "cost", "decision", "kernel", "settlement", "rates", "rego_files", "metrics", "regotest_load",
+     "bundle_sign"},
+    {"conversion", "compiler", "rust_model", "rates_file", "regotest_plan", "ledger"},
+    {"actual_cost", "authorization", "engines", "bundle", "decisionlog", "counters", "regotest"},
+    {"reload", "soft_limits", "opa_input", "regotest_report"},
     {"guard", "shadow", "chain", "wasm", "chain_settle"},
     {"chain_guard"},
-    {"replay", "demo", "cli_rates", "toolkit", "serve"},
+    {"replay", "demo", "cli_rates", "cli_regotest", "cli_bundle", "toolkit", "serve"},
     {"cli_serve"},
     {"cli", ""},  # "" is the package itself (its __init__)
 ]
@@ -41,7 +42,7 @@ TIERS: list[set[str]] = [
 ONE_HOME = {
     "opa_client": {"engines.opa_http"},
     "requests": {"engines.opa_http"},
-    "opa_bindings": {"engines.embedded", "regotest"},
+    "opa_bindings": {"engines.embedded", "engines.mask", "regotest", "regotest_load"},
     "redis": {"ledger.redis", "ledger.redis_cluster"},
     "psycopg": {"ledger.postgres", "ledger.postgres_schema"},
     "psycopg_pool": {"ledger.postgres"},
@@ -49,8 +50,8 @@ ONE_HOME = {
     "prometheus_client": {"metrics"},
     "babel": {"currencies"},
     "watchfiles": {"watch"},
-    "typer": {"cli", "cli_rates", "cli_serve", "toolkit.cli", "toolkit.cli_report", "toolkit.cli_lint",
-              "toolkit.cli_simulate", "toolkit.cli_ledger"},
+    "typer": {"cli", "cli_rates", "cli_regotest", "cli_bundle", "cli_serve", "toolkit.cli", "toolkit.cli_report",
+              "toolkit.cli_lint", "toolkit.cli_simulate", "toolkit.cli_ledger"},
     "matplotlib": {"toolkit.charts"},
     "fastapi": {"serve.app"},
     "starlette": {"serve.app"},

@@ -55,8 +55,8 @@ def test_a_converted_decision_is_logged_with_the_original_amount_the_rate_and_th
                             "updated_at": T0, "age_seconds": 12}
     assert (conv["converted_units"], conv["margin_bps"]) == (112, 200)
     assert decision["chio"]["rego_revision"] == guard.rego_revision
-    assert decision["bundles"]["chio/budget"]["revision"] == guard.policy_revision
-    assert settlement["type"] == "settlement" and settlement["chio"]["committed_units"] == 57
+    assert decision["bundles"]["chio/budget"]["revision"] == guard.data_revision
+    assert settlement["chio"]["event"] == "settlement" and settlement["chio"]["committed_units"] == 57
     [actual] = settlement["chio"]["conversions"]
     assert (actual["original"], actual["converted_units"]) == ({"units": 50, "currency": "EUR"}, 57)
 

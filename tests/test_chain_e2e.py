@@ -100,8 +100,8 @@ def test_scripted_session_through_a_three_guard_chain(store: Store, tmp_path):
 
     # The decision log: one decision per budget evaluation, one settlement per hold.
     events = [json.loads(x) for x in log_path.read_text().splitlines()]
-    decisions = [e for e in events if e["type"] == "decision"]
-    settlements = [e for e in events if e["type"] == "settlement"]
+    decisions = [e for e in events if e["chio"]["event"] == "decision"]
+    settlements = [e for e in events if e["chio"]["event"] == "settlement"]
     assert [e["chio"]["request_id"] for e in decisions] == ids
     assert [e["chio"]["verdict"] for e in decisions] == ["allow", "allow", "allow", "deny", "allow", "allow", "deny"]
     assert [(e["chio"]["request_id"], e["chio"]["outcome"], e["chio"]["committed_units"]) for e in settlements] == [
@@ -109,7 +109,7 @@ def test_scripted_session_through_a_three_guard_chain(store: Store, tmp_path):
         (ids[5], "committed", 300)]
     assert settlements[-1]["chio"]["kernel_settlement"] == "failed"  # actual above estimate
     by_id = {e["decision_id"]: e for e in decisions}
-    assert all(s["decision_id"] in by_id for s in settlements)
+    assert all(s["chio"]["parent_decision_id"] in by_id for s in settlements)
     assert sum(s["chio"]["committed_units"] for s in settlements) == budget.guard.total_spent()
     assert decisions[3]["input"]["totals"] == {"total": 330, "session": 330, "agent": 330, "tool": None}
 

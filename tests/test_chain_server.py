@@ -30,7 +30,7 @@ def test_chain_guard_over_an_opa_server_logs_and_fails_closed(opa_server):  # no
         assert d.verdict == "deny" and "engine error" in d.reason
         assert budget.open_holds() == 0 and guard.total_spent() == 4
         bad = events[-1]
-        assert bad["type"] == "decision" and bad["result"]["allow"] is False and "error" in bad["result"]
+        assert bad["chio"]["event"] == "decision" and bad["result"]["allow"] is False and "error" in bad["result"]
         text = metrics.render().decode()
         assert 'chio_budget_decisions_total{outcome="error",policy_id="default",scope="error"} 1.0' in text
     finally:

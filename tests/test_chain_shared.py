@@ -137,4 +137,4 @@ def test_failed_orphan_cleanups_are_counted_in_the_metrics():
     assert metrics.registry.get_sample_value("chio_budget_orphan_cleanup_failures_total",
                                              {"policy_id": "default"}) == 1.0
     assert metrics.registry.get_sample_value("chio_budget_reservations_open", {"policy_id": "default"}) == 1.0
-    assert [e["type"] for e in events] == ["decision"]
+    assert [e["chio"]["event"] for e in events] == ["decision"]

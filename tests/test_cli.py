@@ -1,9 +1,8 @@
-"""The CLI as operators use it: replay, check, test-rego, demo."""
+"""The CLI as operators use it: replay, check, demo (test-rego: tests/test_regotest.py)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from chio_budget.cli import app
-from support.guards import REGO_DIR, ROOT, U64_MAX
+from support.guards import ROOT, U64_MAX
 
 runner = CliRunner()
 META = {"receipt_id": "r1", "timestamp": 1000, "session_id": "sess-1", "agent_id": "a1",
@@ -104,34 +103,6 @@ def test_check_reports_policy_errors_located(tmp_path):
     assert f"{tmp_path}/default.yaml:2: max_total.units: must be a plain decimal integer of minor units, got nope" in r.stderr
 
 
-def test_test_rego_passes_on_shipped_tests():
-    r = run("test-rego", REGO_DIR, "-v", "--coverage")
-    assert r.exit_code == 0, r.output
-    assert "data.chio.budget_test.test_within_budget_allows: PASS" in r.stdout
-    assert "chio/budget/decision.rego: 100.0%" in r.stdout  # every rule of the decision is exercised
-    assert r.stdout.rstrip().splitlines()[-2].startswith("PASS: ")
-
-
-def test_test_rego_fails_on_a_failing_test_and_skips_todo(tmp_path):
-    d = tmp_path / "rego"
-    shutil.copytree(REGO_DIR, d)
-    (d / "extra_test.rego").write_text(
-        "package chio.extra_test\n\ntest_fails if { 1 == 2 }\n\ntodo_test_later if { false }\n\ntest_ok if true\n")
-    r = run("test-rego", d, "-v")
-    assert r.exit_code == 1
-    assert "data.chio.extra_test.test_fails: FAIL" in r.stdout
-    assert "data.chio.extra_test.todo_test_later: SKIPPED" in r.stdout
-    assert "data.chio.extra_test.test_ok: PASS" in r.stdout
-    assert "FAIL: 1/" in r.stdout
-
-
-def test_test_rego_reports_parse_errors_with_location(tmp_path):
-    (tmp_path / "bad_test.rego").write_text("package x_test\n\ntest_a if {\n")
-    r = run("test-rego", tmp_path)
-    assert r.exit_code == 1
-    assert "bad_test.rego:4: rego_parse_error" in r.stdout
-
-
 def test_demo_prints_decisions_and_remaining():
     r = subprocess.run([sys.executable, "-m", "chio_budget.cli", "demo", "--policies", str(ROOT / "policies")],
                        capture_output=True, text=True, cwd=ROOT)
@@ -145,16 +116,6 @@ def test_demo_prints_decisions_and_remaining():
     assert '"window":"daily","resets_at":1773010800}' in r.stdout
     assert "03-09 00:00:00 a1 cost  400" in r.stdout and "allow 03-09 00:00:00" in r.stdout
     assert '{"scope":"invocation","limit_units":500,"requested_units":600,"currency":"EUR"}' in r.stdout
-
-
-def test_real_opa_test_agrees_when_opa_is_installed(opa_bin):
-    """With a real ``opa`` (``OPA_BIN`` or PATH) the same Rego tests pass under ``opa test``."""
-    if not opa_bin:
-        pytest.skip("no opa binary (OPA_BIN unset, none on PATH): the embedded runner covers the Rego tests")
-    r = subprocess.run([opa_bin, "test", str(REGO_DIR), "-v"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    ours = run("test-rego", REGO_DIR)
-    assert ours.stdout.rstrip().splitlines()[-2] in r.stdout  # same "PASS: n/n"
 
 
 def test_compile_to_a_directory_is_a_clear_error(policies_dir, tmp_path):

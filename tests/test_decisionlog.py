@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from chio_budget.cli import app
-from chio_budget.decisionlog import DecisionLog, explain, find_decision, read_events
+from chio_budget.decisionlog import DecisionLog, chio_budget_version, event_kind, explain, find_decision, read_events
 from chio_budget.errors import DecisionLogError
 from chio_budget.engines.function import FunctionEngine
 from chio_budget.shadow import ShadowPolicy
@@ -28,9 +28,9 @@ def test_decision_event_has_the_opa_decision_log_shape(tmp_path):
     b = budget(decision_log=DecisionLog(log, labels={"id": "kernel-1"}))
     d = b.evaluate(ctx("r1", cost_estimate=200))
     (ev,) = lines(log)
-    assert OPA_FIELDS <= set(ev) and ev["type"] == "decision"
+    assert OPA_FIELDS <= set(ev) and ev["chio"]["event"] == "decision" and "type" not in ev
     assert ev["decision_id"] == d.evidence[0].details["decision_id"]
-    assert ev["path"] == "chio/budget/decision" and ev["labels"] == {"id": "kernel-1"}
+    assert ev["path"] == "chio/budget/decision" and ev["labels"] == {"id": "kernel-1", "version": chio_budget_version()}
     assert ev["timestamp"].endswith("Z")
     assert ev["input"] == {
         "policy_id": "default",
@@ -40,7 +40,8 @@ def test_decision_event_has_the_opa_decision_log_shape(tmp_path):
         "totals": {"total": 0, "session": 0, "agent": 0, "tool": None},
     }
     assert ev["result"]["allow"] is True
-    assert ev["bundles"]["chio/budget"]["revision"] == ev["result"]["policy_revision"]
+    assert ev["bundles"] == {"chio/budget": {"revision": b.guard.data_revision}}
+    assert ev["result"]["policy_revision"] == b.guard.policy_revision != b.guard.data_revision
     assert isinstance(ev["metrics"]["timer_rego_query_eval_ns"], int) and ev["metrics"]["timer_rego_query_eval_ns"] > 0
     assert ev["chio"]["verdict"] == "allow" and ev["chio"]["estimate_source"] == "context"
 
@@ -61,12 +62,13 @@ def test_money_fields_are_exact_at_u64_scale_and_never_dropped(tmp_path):
                                                "currency": "USD"}
     assert deny["input"]["totals"]["total"] == U64_MAX - 10
     assert allow["result"]["allow"] is True
-    assert settle["type"] == "settlement" and settle["decision_id"] == allow["decision_id"]
+    assert settle["chio"]["event"] == "settlement" and settle["chio"]["parent_decision_id"] == allow["decision_id"]
+    assert settle["decision_id"] not in (allow["decision_id"], deny["decision_id"])
     c = settle["chio"]
     for key in ("estimate_units", "actual_units", "committed_units", "currency"):
         assert key in c
     assert (c["estimate_units"], c["committed_units"], c["actual_units"]) == (9, 9, None)
-    assert settle["chio"]["request"]["tool_key"] == "s1:search"
+    assert settle["input"]["request"]["tool_key"] == "s1:search"
 
 
 def test_no_estimate_is_logged_with_its_cost_fields_present(tmp_path):
@@ -82,7 +84,7 @@ def test_callable_sink_gets_every_event():
     b = budget(decision_log=DecisionLog(got.append))
     b.evaluate(ctx("r1", cost_estimate=200))
     b.on_invocation_complete("r1", 300)
-    assert [e["type"] for e in got] == ["decision", "settlement"]
+    assert [e["chio"]["event"] for e in got] == ["decision", "settlement"]
     assert got[1]["chio"]["over_estimate"] is True and got[1]["chio"]["kernel_settlement"] == "failed"
     json.dumps(got)  # JSON-safe as handed over
 
@@ -111,11 +113,12 @@ def test_concurrent_writes_never_interleave(tmp_path):
     assert len(evs) == 120
     by_id = {}
     for e in evs:
-        by_id.setdefault(e["decision_id"], []).append(e["type"])
+        by_id.setdefault(e["chio"].get("parent_decision_id", e["decision_id"]), []).append(event_kind(e))
     assert len(by_id) == 60 and all(sorted(t) == ["decision", "settlement"] for t in by_id.values())
+    assert len({e["decision_id"] for e in evs}) == 120
     # each decision logged the OPA input of its own request (the engine record is per thread)
     for e in evs:
-        if e["type"] == "decision":
+        if event_kind(e) == "decision":
             assert e["input"]["request"]["receipt_id"] == e["chio"]["request_id"]
             assert e["input"]["request"]["agent_id"] == "ag" + e["chio"]["request_id"][1:]
 
@@ -131,10 +134,11 @@ def test_shadow_is_logged_and_diffed_but_never_enforced(tmp_path):
     b.on_invocation_complete("r1")
     assert b.evaluate(ctx("r2", cost_estimate=200)).verdict == "allow"  # shadow would deny: 200 + 200 > 300
     evs = lines(log)
-    shadows = [e for e in evs if e["type"] == "shadow"]
+    shadows = [e for e in evs if event_kind(e) == "shadow"]
     assert [s["chio"]["diff"]["agree"] for s in shadows] == [True, False]
     second = shadows[1]
-    assert second["decision_id"] == [e for e in evs if e["type"] == "decision"][1]["decision_id"]
+    assert second["chio"]["parent_decision_id"] == [e for e in evs if event_kind(e) == "decision"][1]["decision_id"]
+    assert second["bundles"] == {"chio/budget": {"revision": strict.data_revision}}
     assert second["input"]["totals"]["total"] == 200  # the enforced counters, not the shadow's own
     assert second["chio"]["enforced"] is False
     assert second["chio"]["diff"]["only_shadow"] == ["total"]
@@ -153,7 +157,7 @@ def test_a_broken_shadow_never_affects_the_call(tmp_path):
     log = tmp_path / "d.jsonl"
     b = budget(decision_log=DecisionLog(log), shadows=[ShadowPolicy(guard_for(rust_policy(), FunctionEngine(down)))])
     assert b.evaluate(ctx("r1", cost_estimate=1)).verdict == "allow"
-    (shadow,) = [e for e in lines(log) if e["type"] == "shadow"]
+    (shadow,) = [e for e in lines(log) if event_kind(e) == "shadow"]
     assert "shadow down" in shadow["result"]["error"] and shadow["chio"]["diff"]["agree"] is False
 
 
@@ -169,7 +173,7 @@ def test_a_shadow_with_a_limit_the_enforced_policy_lacks_is_judged_on_real_count
         assert b.evaluate(ctx(f"r{i}", agent=agent, cost_estimate=200)).verdict == "allow"
         b.on_invocation_complete(f"r{i}")
     judged = [(e["input"]["totals"]["agent"], e["result"]["allow"], e["result"].get("error"),
-               [v["scope"] for v in e["result"]["violations"]]) for e in lines(log) if e["type"] == "shadow"]
+               [v["scope"] for v in e["result"]["violations"]]) for e in lines(log) if event_kind(e) == "shadow"]
     assert judged == [(0, True, None, []), (200, False, None, ["agent"]), (0, True, None, [])]
 
 
@@ -220,7 +224,7 @@ def test_line_separators_in_request_fields_are_escaped_so_an_event_stays_one_lin
     assert raw.isascii() and b"\\u2028" in raw and b"\\u0085" in raw and b"\\u2029" in raw
     decision, settlement = raw.decode().splitlines()  # str.splitlines also splits at U+2028/U+0085/U+2029
     assert json.loads(decision)["input"]["request"]["agent_id"] == odd
-    assert json.loads(settlement)["chio"]["request"]["session_id"] == odd
+    assert json.loads(settlement)["input"]["request"]["session_id"] == odd
 
 
 # -- the file follows logrotate, and can rotate itself by size (issue 9 item 10) --

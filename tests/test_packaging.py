@@ -1,4 +1,5 @@
-"""The wheel ships the Rego, the Lua scripts and the SQL schema, so a ``pip install`` needs no source tree."""
+"""The wheel ships the Rego, the Lua scripts, the SQL schema and the decision-log JSON schema, so a ``pip install``
+needs no source tree."""
 
 from __future__ import annotations
 
@@ -26,5 +27,6 @@ def test_wheel_contains_the_decision_policy(tmp_path):
                for p in (ROOT / "plugin" / "chio_budget" / "ledger" / d).iterdir() if p.suffix in (".lua", ".sql")}
     assert {"chio_budget/ledger/lua/reserve.lua", "chio_budget/ledger/sql/schema.sql"} <= shipped
     assert shipped <= names, f"scripts and schemas missing from the wheel: {sorted(shipped - names)}"
+    assert "chio_budget/schemas/decision-event-v1.schema.json" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "chio-budget = chio_budget.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()

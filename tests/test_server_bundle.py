@@ -17,7 +17,7 @@ from chio_budget.bundle import bundle_contents, write_bundle
 from chio_budget.cli import app
 from chio_budget.compiler import compile_all, compile_policies, data_revision
 from chio_budget.engines import make_engine
-from chio_budget.engines.opa_http import PUSH_PREFIX, make_client, push
+from chio_budget.engines.opa_http import PUSH_PREFIX, make_client, policy_ids, push
 from chio_budget.policy import load_policies
 from support.guards import POLICIES_DIR, REGO_DIR
 from support.opa import start_opa
@@ -48,7 +48,7 @@ def test_bundle_layout_is_what_opa_run_bundle_expects(tmp_path, rego_dir):
                      "/chio/budget/team.rego"]
     policies = load_policies(POLICIES_DIR)
     manifest = json.loads(members["/.manifest"][1])
-    assert manifest == {"revision": data_revision(policies), "roots": ["chio/budget"]}
+    assert manifest == {"revision": data_revision(policies), "rego_version": 1, "roots": ["chio/budget"]}
     assert json.loads(members["/chio/budget/data.json"][1]) == compile_policies(policies)
     assert members["/chio/budget/decision.rego"][1] == (REGO_DIR / "chio/budget/decision.rego").read_bytes()
     for member, _ in members.values():
@@ -129,15 +129,15 @@ def test_push_then_decide_and_push_again_is_idempotent(opa_server_blank, rego_di
     client = make_client(opa_server_blank.url)
     try:
         assert push(client, contents.compiled, contents.modules) == contents.revision
-        first = sorted(client.get_policies_list())
+        first = sorted(policy_ids(client))
         assert push(client, contents.compiled, contents.modules) == contents.revision
-        assert sorted(client.get_policies_list()) == first
+        assert sorted(policy_ids(client)) == first
         assert first == sorted(PUSH_PREFIX + p for p in contents.modules)
         # a module removed from rego/ disappears from OPA on the next push
         (rego_dir / "chio/budget/team.rego").unlink()
         smaller = bundle_contents(POLICIES_DIR, rego_dir)
         push(client, smaller.compiled, smaller.modules)
-        assert PUSH_PREFIX + "chio/budget/team.rego" not in client.get_policies_list()
+        assert PUSH_PREFIX + "chio/budget/team.rego" not in policy_ids(client)
     finally:
         client.close_connection()
     engine = make_engine("server", compile_all(load_policies(POLICIES_DIR)), opa_url=opa_server_blank.url)

@@ -121,11 +121,11 @@ def test_the_chain_logs_a_warning_event_and_counts_it(store):
                        cost_estimate=500, timestamp=T)
     assert chain.evaluate(ctx).allowed
     events = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert [e["type"] for e in events] == ["decision", "warning"]
+    assert [e["chio"]["event"] for e in events] == ["decision", "warning"]
     warning = events[1]
-    assert warning["decision_id"] == events[0]["decision_id"]
-    assert warning["chio"]["threshold_bps"] == 5000 and warning["chio"]["counter"] == "soft/d:2026-03-08@UTC/total/"
-    assert warning["chio"]["warning"]["threshold"] == 0.5 and warning["chio"]["request_id"] == "req-1"
+    assert warning["chio"]["parent_decision_id"] == events[0]["decision_id"] != warning["decision_id"]
+    assert warning["chio"]["threshold_bps"] == 5000 and warning["input"]["counter"] == "soft/d:2026-03-08@UTC/total/"
+    assert warning["result"]["warnings"][0]["threshold"] == 0.5 and warning["chio"]["request_id"] == "req-1"
     assert b'chio_budget_warnings_total{policy_id="soft",scope="total",threshold="0.5"} 1.0' in metrics.render()
 
 

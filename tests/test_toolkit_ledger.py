@@ -45,7 +45,7 @@ def test_show_filters_and_writes_an_audit_event(shared_store, tmp_path):
     r = run("show", "--ledger", shared_store.uri, "--policy-id", "p1", "--window", "", "--json")
     assert sorted(json.loads(x)["key"] for x in r.stdout.splitlines()) == sorted([A1, A2, S1, T])
     [ev] = events(log)
-    assert ev["type"] == "audit" and ev["chio"]["action"] == "show" and ev["chio"]["counters"] == 3
+    assert ev["chio"]["event"] == "audit" and ev["chio"]["action"] == "show" and ev["input"]["counters"] == 3
     assert "@" in ev["chio"]["who"] and ev["chio"]["why"] is None
     table = run("show", "--ledger", shared_store.uri, "--policy-id", "p1")
     assert "a/2" in table.stdout and "5 counter(s)" in table.stdout
@@ -62,10 +62,11 @@ def test_adjust_refunds_never_below_zero_and_is_audited(shared_store, tmp_path):
     r = run(*args, "refund again", "--units", "-500")
     assert r.stdout.strip() == f"{A1}: spent 180 -> 0 (held 0)"  # clamped at 0
     first, second = events(log)
-    assert first["chio"] == {"action": "adjust", "who": "ops@example", "why": "refund for incident 42",
-                             "ledger": redacted(shared_store.uri), "key": A1, "delta": -120,
-                             "before": {"spent": 300, "held": 0}, "after": {"spent": 180, "held": 0}}
-    assert second["chio"]["after"] == {"spent": 0, "held": 0}
+    assert first["chio"] == {"event": "audit", "action": "adjust", "who": "ops@example",
+                             "why": "refund for incident 42", "ledger": redacted(shared_store.uri)}
+    assert first["input"] == {"key": A1, "delta": -120,  # where a mask rule reaches the agent in the key
+                              "before": {"spent": 300, "held": 0}, "after": {"spent": 180, "held": 0}}
+    assert second["input"]["after"] == {"spent": 0, "held": 0}
     assert shared_store.open().balances([A1]) == [Balance(0, 0)]
 
 
@@ -103,8 +104,8 @@ def test_reset_ends_a_period_holds_stay_and_it_is_audited(shared_store, tmp_path
     assert r.stdout.strip() == "reset 2 counter(s) of policy p1: spent 340 -> 0"
     assert led.balances([A1, A2, W, T]) == [Balance(0, 11), Balance(0, 0), Balance(7, 0), Balance(365, 0)]
     [ev] = events(log)
-    assert ev["chio"]["action"] == "reset" and ev["chio"]["why"] == "new month" and ev["chio"]["keys"] == 2
-    assert ev["chio"]["before"][A1] == {"spent": 300, "held": 11} and ev["chio"]["after"][A1] == {"spent": 0, "held": 11}
+    assert ev["chio"]["action"] == "reset" and ev["chio"]["why"] == "new month" and ev["input"]["keys"] == 2
+    assert ev["input"]["before"][A1] == {"spent": 300, "held": 11} and ev["input"]["after"][A1] == {"spent": 0, "held": 11}
 
 
 def test_export_then_import_moves_counters_and_refuses_a_ledger_with_counters(shared_store, tmp_path):
@@ -125,9 +126,9 @@ def test_export_then_import_moves_counters_and_refuses_a_ledger_with_counters(sh
     shown = run("show", "--ledger", target, "--policy-id", "p1", "--scope", "agent", "--id", "a1", "--window", "",
                 "--json")
     assert json.loads(shown.stdout)["spent"] == 600
-    actions = [(e["chio"]["action"], e["chio"].get("merge")) for e in events(log)]
+    actions = [(e["chio"]["action"], e["input"].get("merge")) for e in events(log)]
     assert actions == [("export", None), ("import", False), ("import", True)]  # the refused one changed nothing
-    imp = events(log)[1]["chio"]
+    imp = events(log)[1]["input"]
     assert imp["before"][A1] == {"spent": 0, "held": 0} and imp["after"][A1] == {"spent": 300, "held": 0}
 
 

@@ -36,13 +36,22 @@ class _Issuer(Protocol):
 class Evaluation:
     """A decision with what produced it: the exact OPA ``input``, the wall time of
     ``engine.decide`` in ns (``input``/``eval_ns`` are None when OPA was not asked),
-    the conversion of a foreign cost, and the Rego revision it ran on."""
+    the conversion of a foreign cost, the Rego revision it ran on, and OPA's own
+    evaluation time where the engine reports one (``opa_eval_ns``: an OPA server's
+    ``timer_rego_query_eval_ns``; None for the embedded engine, which has none)."""
 
     decision: Decision
     input: dict[str, Any] | None = None
     eval_ns: int | None = None
     conversion: Conversion | None = None
     rego_revision: str | None = None
+    opa_eval_ns: int | None = None
+
+    def then(self, again: "Evaluation") -> "Evaluation":
+        """``again`` (a second evaluation of the same call), timed as both together."""
+        return Evaluation(again.decision, again.input, (self.eval_ns or 0) + (again.eval_ns or 0), self.conversion,
+                          again.rego_revision,
+                          None if again.opa_eval_ns is None else (self.opa_eval_ns or 0) + again.opa_eval_ns)
 
 
 @dataclass
@@ -81,6 +90,8 @@ class Authorization:
     warnings_emitted: tuple[Any, ...] = ()
     """Soft-limit thresholds this reservation crossed first (``soft_limits.WarningEvent``; each
     also told to the guard's ``warning`` hooks)."""
+    opa_eval_ns: int | None = None
+    """OPA's own evaluation time, where the engine reports one (see ``Evaluation``)."""
 
     @property
     def allow(self) -> bool:

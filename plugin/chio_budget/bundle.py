@@ -2,9 +2,12 @@
 
 ``write_bundle`` compiles the YAML policies, collects the Rego modules
 (``*_test.rego`` left out) and writes a bundle: a ``.manifest`` whose
-``revision`` is the compiled data's revision (``Compiled.revision``) and
-whose ``roots`` are ``["chio/budget"]``, ``chio/budget/data.json`` holding
-``{"policies": ...}``, and every module. The bytes are a pure function of
+``revision`` is the compiled data's revision (``Compiled.revision``), whose
+``roots`` are ``["chio/budget"]`` and whose ``rego_version`` is 1 (so an OPA
+started with ``--v0-compatible`` still parses the modules as Rego v1),
+``chio/budget/data.json`` holding ``{"policies": ...}``, every module, and,
+with a signing key, ``.signatures.json`` exactly as ``opa sign`` writes it
+(``bundle_sign``). The bytes are a pure function of
 the inputs (sorted entries, zero mtimes, no owner names, gzip without a
 timestamp), so two builds of the same sources compare equal with ``cmp``
 and the bundle can be cached or signed by content.
@@ -57,7 +60,7 @@ class BundleContents:
 
     @property
     def manifest(self) -> dict[str, Any]:
-        return {"revision": self.revision, "roots": list(self.roots)}
+        return {"revision": self.revision, "rego_version": 1, "roots": list(self.roots)}
 
 
 def _check_package(path: str, source: str) -> None:
@@ -83,17 +86,32 @@ def bundle_contents(policies_dir: str | Path, rego_dir: str | Path | None = None
     return BundleContents(compiled, modules)
 
 
-def bundle_bytes(contents: BundleContents) -> bytes:
-    """The ``.tar.gz`` bytes: deterministic for the same contents."""
+def bundle_files(contents: BundleContents) -> dict[str, bytes]:
+    """Every file of the bundle (no signatures), by path, in the order they are written."""
     files: dict[str, bytes] = {
         ".manifest": canonical_json(contents.manifest) + b"\n",
         DATA_PATH: canonical_json(contents.data) + b"\n",
     }
     for path, src in contents.modules.items():
         files[path] = src.encode("utf-8")
+    return dict(sorted(files.items()))
+
+
+def bundle_bytes(contents: BundleContents, *, signing_key: str | None = None, signing_alg: str = "RS256") -> bytes:
+    """The ``.tar.gz`` bytes: deterministic for the same contents (and, for HMAC and RSA, key)."""
+    files = bundle_files(contents)
+    if signing_key is not None:
+        from .bundle_sign import SIGNATURES, sign
+
+        files = dict(sorted({**files, SIGNATURES: sign(files, signing_key, signing_alg)}.items()))
+    return pack(files)
+
+
+def pack(files: dict[str, bytes]) -> bytes:
+    """A gzipped tar of ``files`` in the given order, with zero times and no owners."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name in sorted(files):
+        for name in files:
             info = tarfile.TarInfo("/" + name)
             info.size = len(files[name])
             info.mtime = 0
@@ -108,10 +126,25 @@ def bundle_bytes(contents: BundleContents) -> bytes:
 
 
 def write_bundle(policies_dir: str | Path, rego_dir: str | Path | None, output: str | Path, *,
+                 signing_key: str | None = None, signing_alg: str = "RS256",
                  currencies: CurrencyRegistry = DEFAULT_CURRENCIES) -> BundleContents:
-    """Build the bundle of ``policies_dir`` + ``rego_dir`` and write it to ``output``."""
+    """Build the bundle of ``policies_dir`` + ``rego_dir`` (signed with ``signing_key``) and write it."""
     contents = bundle_contents(policies_dir, rego_dir, currencies=currencies)
+    data = bundle_bytes(contents, signing_key=signing_key, signing_alg=signing_alg)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(bundle_bytes(contents))
+    out.write_bytes(data)
     return contents
+
+
+def read_bundle_files(path: str | Path) -> dict[str, bytes]:
+    """The files of a bundle ``.tar.gz`` by path (no leading ``/``), in archive order.
+
+    ``EngineError`` when it is not a readable gzipped tar.
+    """
+    try:
+        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(Path(path).read_bytes()))) as tar:
+            return {m.name.lstrip("/"): tar.extractfile(m).read()  # type: ignore[union-attr]
+                    for m in tar.getmembers() if m.isfile()}
+    except (OSError, EOFError, tarfile.TarError) as exc:
+        raise EngineError(f"{path}: not a readable bundle: {exc}") from None

@@ -248,11 +248,12 @@ class BudgetChainGuard:
         """Write the decision event; a failed write gives the hold back and is the deny returned."""
         if self.decision_log is None:
             return None
-        decision = call.decision
+        decision, auth = call.decision, call.auth
         assert decision is not None
         event = self.decision_log.decision_event(
             decision_id=call.decision_id, input=self._input(call), result=decision.to_json_dict(),
-            revision=decision.policy_revision, eval_ns=call.auth.eval_ns if call.auth else None,
+            revision=self.guard.data_revision, client_wall_ns=auth and auth.eval_ns,
+            eval_ns=auth and (auth.eval_ns if auth.opa_eval_ns is None else auth.opa_eval_ns),
             chio={"guard": self.name, "verdict": "allow" if decision.allow else "deny",
                   "request_id": call.ctx.request_id, "engine": self.guard.engine.name, "estimate_units": call.est,
                   "currency": self.policy.currency, "estimate_source": call.source,
@@ -286,7 +287,7 @@ class BudgetChainGuard:
                 continue
             try:
                 self.decision_log.write(self.decision_log.warning_event(
-                    decision_id=call.decision_id, request_id=call.ctx.request_id, policy_id=self.policy.id,
+                    parent_decision_id=call.decision_id, request_id=call.ctx.request_id, policy_id=self.policy.id,
                     counter=w.counter, threshold_bps=w.threshold_bps, warning=w.warning, guard=self.name))
             except DecisionLogError:
                 if self.metrics:

@@ -122,11 +122,11 @@ def _emit(member: _Member, r: SettlementResult, book: Mapping[str, Any],
         return
     try:
         log.write(log.settlement_event(
-            decision_id=r.decision_id, request_id=r.request_id, policy_id=member.guard.policy.id,
+            parent_decision_id=r.decision_id, request_id=r.request_id, policy_id=member.guard.policy.id,
             outcome=r.outcome, currency=r.currency, estimate_units=r.estimate_units, actual_units=r.actual_units,
             committed_units=r.committed_units, over_estimate=r.over_estimate, source=r.source, error=r.error,
-            extra={"guard": member.name, "request": book.get("request"),
-                   **({"conversions": list(conversions)} if conversions else {})}))
+            request=book.get("request"),
+            extra={"guard": member.name, **({"conversions": list(conversions)} if conversions else {})}))
     except DecisionLogError:
         # The money already moved; failing the settlement now would only lose
         # the result. Counted so an operator sees the gap.

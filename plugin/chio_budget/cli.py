@@ -175,18 +175,6 @@ def replay(file: Path = typer.Argument(..., help="JSON lines; '-' for stdin"),
         guard.close()
 
 
-@app.command("test-rego")
-def test_rego(directory: Path = typer.Argument(Path("rego")),
-              verbose: bool = typer.Option(False, "-v", "--verbose"),
-              coverage: bool = typer.Option(False, "--coverage")) -> None:
-    """Run *_test.rego through the embedded OPA (``opa test`` stand-in; test support)."""
-    from .regotest import render, run
-
-    result = run(directory, coverage=coverage)
-    typer.echo(render(result, verbose=verbose))
-    raise typer.Exit(0 if result.ok and result.tests else 1)
-
-
 @app.command()
 def demo(policies: Path = POLICIES, policy_id: str = POLICY_ID,
          engine: str = ENGINE, opa_url: Optional[str] = OPA_URL, ledger: str = LEDGER) -> None:
@@ -198,22 +186,6 @@ def demo(policies: Path = POLICIES, policy_id: str = POLICY_ID,
         run_demo(guard, policies_dir=policies)
     finally:
         guard.close()
-
-
-@app.command()
-def bundle(policies: Path = typer.Argument(Path("policies"), help="policy directory"),
-           rego: Optional[Path] = typer.Argument(None, help="Rego directory (default: the one shipped in the package)"),
-           output: Path = typer.Option(Path("build/bundle.tar.gz"), "-o", "--output"),
-           rates: Optional[Path] = RATES) -> None:
-    """Write an OPA bundle (policies compiled to data + the Rego) for `opa run --server --bundle`."""
-    from .bundle import write_bundle
-
-    currencies = _currencies(_rates(rates))
-    try:
-        contents = write_bundle(policies, rego, output, currencies=currencies)
-    except ChioBudgetError as exc:
-        _fail(str(exc))
-    typer.echo(f"wrote {output} (revision {contents.revision}, {len(contents.modules)} Rego module(s))", err=True)
 
 
 @app.command()
@@ -232,6 +204,7 @@ def push(policies: Path = typer.Argument(Path("policies"), help="policy director
     """
     from .bundle import bundle_contents
     from .engines.opa_http import cleartext_credentials, make_client, push as push_to, redact
+    from .rego_files import default_rego_dir
 
     if not opa_url:
         _fail("--opa-url (or CHIO_OPA_URL) is required")
@@ -247,7 +220,8 @@ def push(policies: Path = typer.Argument(Path("policies"), help="policy director
     except ChioBudgetError as exc:
         _fail(str(exc))  # bad input: exit 2
     try:
-        revision = push_to(client, contents.compiled, contents.modules)
+        revision = push_to(client, contents.compiled, contents.modules,
+                           source_dir=str((rego.parent if rego.is_file() else rego) if rego else default_rego_dir()))
     except ChioBudgetError as exc:
         _fail(f"{shown}: {exc}", 1)  # the server refused or failed
     finally:
@@ -256,7 +230,8 @@ def push(policies: Path = typer.Argument(Path("policies"), help="policy director
 
 
 @app.command()
-def explain(decision_id: str = typer.Argument(..., help="decision_id from a decision-log line"),
+def explain(decision_id: str = typer.Argument(
+                ..., help="decision_id of a decision, or of a settlement or shadow event (followed to its decision)"),
             log: Path = typer.Option(..., "--log", help="decision-log file (JSON lines)")) -> None:
     """Print a past decision readably: request, cost, counters, violations, shadow, settlement."""
     from .decisionlog import DecisionLogError, explain as render_explain, find_decision, read_events
@@ -270,6 +245,10 @@ def explain(decision_id: str = typer.Argument(..., help="decision_id from a deci
     typer.echo(render_explain(events))
 
 
+from .cli_regotest import register as register_test_rego  # noqa: E402  (test-rego: the `opa test` stand-in)
+register_test_rego(app)
+from .cli_bundle import register as register_bundle  # noqa: E402  (bundle: build, sign, verify)
+register_bundle(app, RATES, lambda rates: _currencies(_rates(rates)))
 cli_rates.register(app)
 register_toolkit(app, globals())  # report, sample-log, lint, simulate, diff, ledger (issue 12)
 cli_serve.register(app, globals())  # serve: the HTTP sidecar (issue 10)

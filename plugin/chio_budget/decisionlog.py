@@ -1,13 +1,18 @@
-"""Decision log: one JSON line per budget decision, shaped like OPA's.
+"""Decision log: one JSON line per budget decision, each one OPA's ``EventV1``.
 
-Every event is an object on one line. Decision events carry the fields an
-OPA decision-log consumer expects (``decision_id``, ``timestamp``, ``path``,
-``input``, ``result``, ``bundles`` with the policy revision, ``labels``,
-``metrics.timer_rego_query_eval_ns``) plus a ``chio`` object with what OPA
-does not know: the request id, the guard's verdict, the estimate and where it
-came from. Settlement events (``type: "settlement"``) and shadow events
-(``type: "shadow"``) share the same envelope and point back to the decision
-by ``decision_id``.
+Every event has the fields of OPA's decision-log event (``v1/plugins/logs/plugin.go``)
+and validates against ``chio_budget/schemas/decision-event-v1.schema.json``
+(docs/chain.md, "Decision log"): its own ``decision_id`` (a settlement, shadow
+or warning event links to its decision with ``chio.parent_decision_id``);
+``labels`` with ``id`` (given or a UUID) and ``version`` (ours, as OPA sets
+its own); ``bundles`` keyed by bundle name with the ``.manifest`` revision;
+an integer ``metrics.timer_rego_query_eval_ns`` on every evaluation (OPA's
+own on the server engine, the call's wall time on the embedded one, 0 when
+OPA was not asked; ``chio.client_wall_ns`` the call's wall time); ``chio``
+with what OPA does not know (``event``: decision | settlement | shadow |
+warning | audit, request id, verdict, estimate). What might name an agent is under
+``input``/``result``, where a ``mask`` (``engines.mask.LogMask``:
+``data.system.log.mask`` rules) erases or overwrites it before writing.
 
 Promises:
 
@@ -23,10 +28,9 @@ Promises:
 - A file sink follows log rotation: before each write the path is checked
   and reopened if it was renamed or deleted (``WatchedFileHandler``
   semantics), and with ``max_bytes`` it rotates itself by size.
-- A sink that fails raises ``DecisionLogError``; the chain guard treats a
-  failed decision write as a deny (no decision without a record).
+- A sink (or mask) that fails raises ``DecisionLogError``; the chain guard
+  treats a failed decision write as a deny (no decision without a record).
 """
-
 from __future__ import annotations
 
 import json
@@ -34,6 +38,7 @@ import os
 import threading
 import time
 import uuid
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
@@ -42,10 +47,27 @@ from .decision import BudgetViolation
 from .errors import DecisionLogError
 
 BUNDLE_NAME = "chio/budget"
+PARENT = "parent_decision_id"
 
 
 def new_decision_id() -> str:
     return str(uuid.uuid4())
+
+
+def chio_budget_version() -> str:
+    try:
+        return version("chio-budget-guard")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+def event_kind(ev: dict[str, Any]) -> str:
+    """``decision`` | ``settlement`` | ``shadow`` | ``warning`` | ``audit`` (also of older logs' ``type``)."""
+    return str((ev.get("chio") or {}).get("event") or ev.get("type") or "decision")
+
+
+def parent_of(ev: dict[str, Any]) -> str | None:
+    return (ev.get("chio") or {}).get(PARENT)
 
 
 def rfc3339_now() -> str:
@@ -144,14 +166,19 @@ class DecisionLog:
     parent directories, reopened after a logrotate rename, rotated by size
     with ``max_bytes`` / ``backup_count``), an open text stream, or a
     callable that receives each event as a ``dict`` (already JSON-safe).
-    ``labels`` are copied into every event, like OPA's ``labels`` (e.g.
-    ``{"id": "kernel-1", "version": "0.1.0"}``).
+    ``labels`` are copied into every event, like OPA's ``labels``, with
+    ``id`` (given or a UUID) and ``version`` (chio-budget's) set as OPA sets
+    them. ``bundle_name`` keys ``bundles``; ``mask`` rewrites each event
+    before it is written (see the module docstring).
     """
 
     def __init__(self, sink: str | Path | TextIO | Sink, *, labels: dict[str, str] | None = None,
-                 path: str = DECISION_PATH, max_bytes: int | None = None, backup_count: int = 5):
+                 path: str = DECISION_PATH, bundle_name: str = BUNDLE_NAME, mask: Any = None,
+                 max_bytes: int | None = None, backup_count: int = 5):
         self.labels = dict(labels or {})
-        self.path = path
+        self.labels["id"] = self.labels.get("id") or new_decision_id()
+        self.labels["version"] = chio_budget_version()
+        self.path, self.bundle_name, self.mask = path, bundle_name, mask
         self._lock = threading.Lock()
         self._file: LogFile | None = None
         self._stream: TextIO | None = None
@@ -170,27 +197,35 @@ class DecisionLog:
 
     # -- building events ----------------------------------------------------
 
-    def _envelope(self, type_: str, decision_id: str) -> dict[str, Any]:
-        return {"type": type_, "decision_id": decision_id, "timestamp": rfc3339_now(),
+    def _envelope(self, decision_id: str | None) -> dict[str, Any]:
+        return {"decision_id": decision_id or new_decision_id(), "timestamp": rfc3339_now(),
                 "labels": dict(self.labels), "path": self.path}
 
-    def decision_event(self, *, decision_id: str, input: dict[str, Any], result: dict[str, Any],
-                       revision: str | None, eval_ns: int | None, chio: dict[str, Any],
-                       type_: str = "decision") -> dict[str, Any]:
-        ev = self._envelope(type_, decision_id)
+    def decision_event(self, *, input: dict[str, Any], result: dict[str, Any], revision: str | None,
+                       eval_ns: int | None, chio: dict[str, Any], decision_id: str | None = None,
+                       client_wall_ns: int | None = None, event: str = "decision",
+                       parent_decision_id: str | None = None) -> dict[str, Any]:
+        """An evaluation (``decision`` or ``shadow``): ``revision`` is the bundle's, ``eval_ns`` the
+        evaluation time (None: OPA was not asked, written 0), ``client_wall_ns`` the call's wall time."""
+        ev = self._envelope(decision_id)
         ev["input"] = input
         ev["result"] = result
-        ev["bundles"] = {BUNDLE_NAME: {"revision": revision}}
-        ev["metrics"] = {"timer_rego_query_eval_ns": eval_ns}
-        ev["chio"] = chio
+        ev["bundles"] = {self.bundle_name: {"revision": revision or ""}}
+        ev["metrics"] = {"timer_rego_query_eval_ns": int(eval_ns or 0)}
+        ev["chio"] = {"event": event, **({PARENT: parent_decision_id} if parent_decision_id else {}),
+                      **chio, "client_wall_ns": int(client_wall_ns or 0)}
         return ev
 
-    def settlement_event(self, *, decision_id: str | None, request_id: str, policy_id: str, outcome: str,
+    def settlement_event(self, *, parent_decision_id: str | None, request_id: str, policy_id: str, outcome: str,
                          currency: str, estimate_units: int | None, actual_units: int | None,
                          committed_units: int | None, over_estimate: bool, source: str,
-                         error: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        ev = self._envelope("settlement", decision_id or "")
+                         error: str | None = None, request: dict[str, Any] | None = None,
+                         extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What followed the decision ``parent_decision_id``; ``input`` holds the call's request."""
+        ev = self._envelope(None)
+        ev["input"] = {"policy_id": policy_id, "request": request}
         ev["chio"] = {
+            "event": "settlement", **({PARENT: parent_decision_id} if parent_decision_id else {}),
             "request_id": request_id, "policy_id": policy_id, "outcome": outcome, "currency": currency,
             "estimate_units": estimate_units, "actual_units": actual_units,
             "committed_units": committed_units, "over_estimate": over_estimate,
@@ -203,21 +238,32 @@ class DecisionLog:
             ev["chio"].update(extra)
         return ev
 
-    def warning_event(self, *, decision_id: str | None, request_id: str, policy_id: str, counter: str,
+    def warning_event(self, *, parent_decision_id: str | None, request_id: str, policy_id: str, counter: str,
                       threshold_bps: int, warning: dict[str, Any], guard: str) -> dict[str, Any]:
-        """A soft-limit crossing (``type: "warning"``): written once per threshold, window and
-        counter, when an allowed reservation first reaches it; ``warning`` is the decision's."""
-        ev = self._envelope("warning", decision_id or "")
-        ev["chio"] = {"guard": guard, "request_id": request_id, "policy_id": policy_id,
-                      "scope": warning.get("scope"), "threshold_bps": threshold_bps, "counter": counter,
-                      "warning": dict(warning)}
+        """A soft-limit crossing, written once per threshold, window and counter when an allowed
+        reservation first reaches it. ``input.counter`` is the ledger key and ``result.warnings``
+        the decision's warning, where the decision event has them (one mask rule covers both)."""
+        ev = self._envelope(None)
+        ev["input"] = {"policy_id": policy_id, "counter": counter}
+        ev["result"] = {"warnings": [dict(warning)]}
+        ev["chio"] = {"event": "warning", **({PARENT: parent_decision_id} if parent_decision_id else {}),
+                      "guard": guard, "request_id": request_id, "policy_id": policy_id,
+                      "scope": warning.get("scope"), "threshold_bps": threshold_bps}
         return ev
+
+    def audit_event(self, *, action: str, who: str, why: str | None, ledger: str, **details: Any) -> dict[str, Any]:
+        """An operator's change by hand (``chio-budget ledger``): ``input`` holds what it touched."""
+        chio = {"event": "audit", "action": action, "who": who, "why": why, "ledger": ledger}
+        return {"decision_id": new_decision_id(), "timestamp": rfc3339_now(), "labels": dict(self.labels),
+                "input": details, "chio": chio}
 
     # -- writing ------------------------------------------------------------
 
     def write(self, event: dict[str, Any]) -> None:
-        """Write one event; raises ``DecisionLogError`` if the sink fails."""
+        """Write one event (masked first, when a mask is set); raises ``DecisionLogError`` if that fails."""
         try:
+            if self.mask is not None:
+                event = self.mask.apply(event)
             if self._callable is not None:
                 with self._lock:  # one event at a time: the callable need not be thread-safe
                     self._callable(event)
@@ -263,8 +309,15 @@ def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
 
 
 def find_decision(events: Iterable[dict[str, Any]], decision_id: str) -> list[dict[str, Any]]:
-    """The decision event with this id and every event (shadow, settlement) pointing at it."""
-    return [ev for ev in events if ev.get("decision_id") == decision_id]
+    """The decision with this id and every event (shadow, warning, settlement) whose parent it is.
+
+    The id of one of those events finds its decision the same way.
+    Logs written before ``chio.parent_decision_id`` (every event of a decision
+    sharing its id) are found too."""
+    evs = list(events)
+    root = next((parent_of(ev) for ev in evs if ev.get("decision_id") == decision_id and parent_of(ev)), None)
+    root = root or decision_id
+    return [ev for ev in evs if ev.get("decision_id") == root or parent_of(ev) == root]
 
 
 def _money(units: Any, currency: Any) -> str:
@@ -275,12 +328,16 @@ def explain(events: list[dict[str, Any]]) -> str:
     """A readable account of one decision and what followed it."""
     by_type: dict[str, list[dict[str, Any]]] = {}
     for ev in events:
-        by_type.setdefault(ev.get("type", "decision"), []).append(ev)
+        by_type.setdefault(event_kind(ev), []).append(ev)
     lines: list[str] = []
     for ev in by_type.get("decision", []):
         lines += _explain_decision(ev)
     for ev in by_type.get("shadow", []):
         lines += _explain_shadow(ev)
+    for ev in by_type.get("warning", []):
+        c, w = ev.get("chio") or {}, ((ev.get("result") or {}).get("warnings") or [{}])[0]
+        lines.append(f"  warning   {c.get('scope', '-')} crossed {(c.get('threshold_bps') or 0) / 100:g}%"
+                     f" of its limit ({(ev.get('input') or {}).get('counter', '-')}): {json.dumps(w)}")
     for ev in by_type.get("settlement", []):
         lines += _explain_settlement(ev)
     if not by_type.get("decision"):
@@ -291,11 +348,12 @@ def explain(events: list[dict[str, Any]]) -> str:
 def _explain_decision(ev: dict[str, Any]) -> list[str]:
     inp, res, chio = ev.get("input") or {}, ev.get("result") or {}, ev.get("chio") or {}
     req, cost, totals = inp.get("request") or {}, inp.get("cost") or {}, inp.get("totals")
-    rev = (ev.get("bundles") or {}).get(BUNDLE_NAME, {}).get("revision")
+    rev = next(iter(b.get("revision") for b in (ev.get("bundles") or {}).values() if isinstance(b, dict)), None)
     lines = [
         f"decision {ev.get('decision_id')}  at {ev.get('timestamp')}",
         f"  guard     {chio.get('guard', '-')}  verdict {str(chio.get('verdict', '-')).upper()}",
-        f"  policy    {inp.get('policy_id', res.get('policy_id', '-'))}  revision {rev or '-'}",
+        f"  policy    {inp.get('policy_id', res.get('policy_id', '-'))}  revision {res.get('policy_revision') or '-'}"
+        f"  (bundle {rev or '-'})",
         f"  request   {chio.get('request_id', req.get('receipt_id', '-'))}: agent {req.get('agent_id', '-')}"
         f", session {req.get('session_id') or '-'}, tool {req.get('tool_key', '-')}",
         f"  cost      {_money(cost.get('units'), cost.get('currency'))}"
@@ -313,8 +371,9 @@ def _explain_decision(ev: dict[str, Any]) -> list[str]:
     lines += [f"    ! warning: {json.dumps(w, separators=(',', ':'))}" for w in res.get("warnings") or []]
     if res.get("error"):
         lines.append(f"    ! error: {res['error']}")
-    ns = (ev.get("metrics") or {}).get("timer_rego_query_eval_ns")
-    lines.append(f"  eval      {'-' if ns is None else f'{ns / 1000:.1f} us'}")
+    ns, wall = (ev.get("metrics") or {}).get("timer_rego_query_eval_ns"), chio.get("client_wall_ns")
+    lines.append(f"  eval      {'-' if ns is None else f'{ns / 1000:.1f} us'}"
+                 + ("" if wall is None else f"  (call {wall / 1000:.1f} us)"))
     return lines
 
 
@@ -322,7 +381,7 @@ def _explain_shadow(ev: dict[str, Any]) -> list[str]:
     res, chio = ev.get("result") or {}, ev.get("chio") or {}
     diff = chio.get("diff") or {}
     lines = [f"  shadow    policy {chio.get('policy_id', '-')}: {'ALLOW' if res.get('allow') else 'DENY'}"
-             f" ({'agrees' if diff.get('agree') else 'DISAGREES'} with enforced)"]
+             f" ({'agrees' if diff.get('agree') else 'DISAGREES'} with enforced)  [{ev.get('decision_id')}]"]
     lines += [f"    + shadow-only violation: {scope}" for scope in diff.get("only_shadow", [])]
     lines += [f"    - enforced-only violation: {scope}" for scope in diff.get("only_enforced", [])]
     return lines
@@ -333,7 +392,7 @@ def _explain_settlement(ev: dict[str, Any]) -> list[str]:
     cur = c.get("currency")
     lines = [f"  settled   {c.get('outcome')} at {ev.get('timestamp')}: committed {_money(c.get('committed_units'), cur)}"
              f", estimate {_money(c.get('estimate_units'), cur)}, actual {_money(c.get('actual_units'), cur)}"
-             f" (from {c.get('actual_source', '-')})"]
+             f" (from {c.get('actual_source', '-')})  [{ev.get('decision_id')}]"]
     if c.get("over_estimate"):
         lines.append("    ! actual above estimate: committed, kernel marks this settlement failed")
     if c.get("error"):

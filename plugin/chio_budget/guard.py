@@ -165,6 +165,8 @@ class BudgetGuard:
         """Revision of the policy's compiled limits (what the decision's ``policy_revision`` says)."""
         return self._loaded.policy_revision
 
+    data_revision = property(lambda self: self._loaded.data_revision, doc="The bundle ``.manifest`` revision.")
+
     @property
     def rego_revision(self) -> str | None:
         """Revision of the loaded Rego (None for an engine given as an object)."""
@@ -228,8 +230,8 @@ class BudgetGuard:
                 conversion: Conversion | None = None, windows: Mapping[str, Any] | None = None) -> Evaluation:
         inp = build_input(meta, cost_units, totals, policy=s.policy, conversion=conversion, windows=windows)
         t0 = time.perf_counter_ns()
-        decision = s.engine.decide(inp)
-        return Evaluation(decision, inp, time.perf_counter_ns() - t0, conversion, s.rego_revision)
+        decision, opa_ns = s.decide(inp)
+        return Evaluation(decision, inp, time.perf_counter_ns() - t0, conversion, s.rego_revision, opa_ns)
 
     def decide(self, meta: CostMetadata, cost_units: int, totals: Mapping[str, int | None],
                windows: Mapping[str, Any] | None = None) -> Evaluation:
@@ -244,8 +246,7 @@ class BudgetGuard:
         if windows is None:
             return e
         again = self._decide(s, meta, cost, e.input["totals"], e.conversion, windows)  # type: ignore[index]
-        return Evaluation(again.decision, again.input, (e.eval_ns or 0) + (again.eval_ns or 0), e.conversion,
-                          again.rego_revision)
+        return e.then(again)
 
     def _deny(self, error: str, policy: BudgetPolicy | None = None) -> Decision:
         return Decision.deny_error(error, (policy or self.policy).id)
@@ -344,7 +345,7 @@ class BudgetGuard:
                  emitted: tuple[WarningEvent, ...] = ()) -> Authorization:
             return Authorization(decision, rid, amount, self, e and e.input, e and e.eval_ns, attempt, held,
                                  conversion, s.rego_revision, meta.timestamp, None, s.rates, s.policy.currency,
-                                 emitted)
+                                 emitted, e and e.opa_eval_ns)
 
         try:
             r: Reservation = self.ledger.reserve(rid, list(keys.values()), cost, self.reservation_ttl,

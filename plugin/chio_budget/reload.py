@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from .compiler import compile_all, revision_of
 from .currencies import DEFAULT_CURRENCIES
+from .decision import Decision
 from .engines import Engine, make_engine
 from .errors import ChioBudgetError, PolicyError
 from .policy import BudgetPolicy, load_policies
@@ -65,6 +66,8 @@ class Loaded:
     policy_revision: str | None = None
     rego_revision: str | None = None
     loaded_at: float = field(default_factory=time.time)
+    data_revision: str | None = None
+    """Revision of all the policies compiled together: the bundle ``.manifest`` revision."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     close_engine: Callable[[], None] | None = field(default=None, repr=False)
     """Closes the engine (default: ``engine.close``); guards sharing one engine pass a
@@ -72,6 +75,15 @@ class Loaded:
     _inflight: int = field(default=0, repr=False)
     _retired: bool = field(default=False, repr=False)
     _closed: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.data_revision is None:  # a guard built from one policy: the bundle of that policy alone
+            self.data_revision = compile_all({self.policy.id: self.policy}).revision
+
+    def decide(self, inp: dict[str, Any]) -> tuple[Decision, int | None]:
+        """The engine's decision, with OPA's own evaluation time where the engine reports one (else None)."""
+        measured = getattr(self.engine, "decide_measured", None)
+        return measured(inp) if measured is not None else (self.engine.decide(inp), None)
 
     def enter(self) -> bool:
         """Count a decision in; False once the engine is closed (read the guard's current one again)."""
@@ -182,9 +194,9 @@ class Source:
         policy, compiled = policies[self.policy_id], compile_all(policies)
         revision = compiled.revisions[self.policy_id]
         if engine is not None:
-            return Loaded(policy, engine, oracle, revision)
+            return Loaded(policy, engine, oracle, revision, data_revision=compiled.revision)
         engine, rego_rev = self._engine(compiled, previous.engine if previous else None)
-        return Loaded(policy, engine, oracle, revision, rego_rev)
+        return Loaded(policy, engine, oracle, revision, rego_rev, data_revision=compiled.revision)
 
     def load_all(self, previous: Engine | None = None) -> dict[str, Loaded]:
         """Every policy of the directory over **one** new engine loaded with all of them:
@@ -195,8 +207,8 @@ class Source:
         compiled = compile_all(policies)
         engine, rego_rev = self._engine(compiled, previous)
         close = SharedClose(engine, len(policies))
-        return {pid: Loaded(p, engine, oracle, compiled.revisions[pid], rego_rev, close_engine=close)
-                for pid, p in policies.items()}
+        return {pid: Loaded(p, engine, oracle, compiled.revisions[pid], rego_rev, data_revision=compiled.revision,
+                            close_engine=close) for pid, p in policies.items()}
 
     def _read(self) -> tuple[RateOracle | None, dict[str, BudgetPolicy]]:
         """The rates and the policies; ``PolicyError`` when ``policy_id`` is not among them."""

@@ -29,6 +29,10 @@ class ShadowResult:
     decision: Decision
     eval_ns: int
     diff: dict[str, Any]
+    opa_eval_ns: int | None = None
+    """OPA's own evaluation time, where the shadow's engine reports one."""
+    revision: str | None = None
+    """The shadow's bundle revision (``data_revision`` of the guard it wraps)."""
 
 
 def diff_decisions(enforced: Decision, shadow: Decision) -> dict[str, Any]:
@@ -66,19 +70,21 @@ class ShadowPolicy:
     def evaluate(self, enforced_input: dict[str, Any], enforced: Decision) -> ShadowResult:
         inp = dict(enforced_input)
         inp["policy_id"] = self.policy.id
-        t0 = time.perf_counter_ns()
+        t0, opa_ns = time.perf_counter_ns(), None
         cost = inp.get("cost") or {}
         if cost.get("currency") != self.policy.currency:
             d = Decision.deny_error(
                 f"shadow policy currency {self.policy.currency} differs from enforced {cost.get('currency')}",
                 self.policy.id)
         else:
+            measured = getattr(self.engine, "decide_measured", None)
             try:
-                d = self.engine.decide(inp)
+                d, opa_ns = measured(inp) if measured is not None else (self.engine.decide(inp), None)
             except Exception as exc:  # an engine must not raise; a shadow must never break the call
                 d = Decision.deny_error(f"shadow engine error: {type(exc).__name__}: {exc}", self.policy.id)
         dt = time.perf_counter_ns() - t0
-        return ShadowResult(self.policy.id, inp, d, dt, diff_decisions(enforced, d))
+        return ShadowResult(self.policy.id, inp, d, dt, diff_decisions(enforced, d), opa_ns,
+                            getattr(self._guard, "data_revision", None))
 
     def close(self) -> None:
         close = getattr(self._guard, "close", None)
@@ -91,6 +97,9 @@ def run_shadows(shadows: Sequence[ShadowPolicy], enforced_input: dict[str, Any],
                 decision_log: "DecisionLog | None" = None, metrics: "BudgetMetrics | None" = None) -> None:
     """Judge every shadow beside ``enforced``, log each as a ``shadow`` event, count disagreements.
 
+    Each shadow event has its own decision id and points at the enforced
+    decision ``decision_id`` with ``chio.parent_decision_id``.
+
     Never raises: a shadow never affects the call. A failure to judge, log
     or count one is counted in ``decision_log_errors`` and the next shadow
     is judged. ``chio`` (guard name, request id) is copied into each event.
@@ -102,9 +111,9 @@ def run_shadows(shadows: Sequence[ShadowPolicy], enforced_input: dict[str, Any],
                 metrics.shadow_disagreements.labels(enforced_policy_id, r.policy_id).inc()
             if decision_log is not None:
                 decision_log.write(decision_log.decision_event(
-                    type_="shadow", decision_id=decision_id, input=r.input, result=r.decision.to_json_dict(),
-                    revision=r.decision.policy_revision, eval_ns=r.eval_ns,
-                    chio=dict(chio, policy_id=r.policy_id, enforced=False, diff=r.diff)))
+                    event="shadow", parent_decision_id=decision_id, input=r.input, result=r.decision.to_json_dict(),
+                    revision=r.revision, eval_ns=r.eval_ns if r.opa_eval_ns is None else r.opa_eval_ns,
+                    client_wall_ns=r.eval_ns, chio=dict(chio, policy_id=r.policy_id, enforced=False, diff=r.diff)))
         except Exception:
             if metrics:
                 metrics.log_errors.inc()

@@ -23,6 +23,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -93,14 +94,18 @@ class OpaServer:
                 self.proc.wait()
 
 
-def start_opa(bundle: Path | None) -> OpaServer:
-    """Start OPA with ``bundle`` loaded (``None``: empty, for push)."""
+def start_opa(bundle: Path | None, *, args: tuple[str, ...] = (), **standin: Any) -> OpaServer:
+    """Start OPA with ``bundle`` loaded (``None``: empty, for push).
+
+    ``args`` go to a real ``opa run`` (e.g. ``--set decision_logs.console=true``),
+    ``standin`` to the stand-in for the same state (e.g. ``decision_logs=True``).
+    """
     opa = find_opa()
     if opa is None:
-        s = StandIn(bundle=bundle).start()
+        s = StandIn(bundle=bundle, **standin).start()
         return OpaServer(s, "standin", s.url)
     port = _free_port()
-    cmd = [opa, "run", "--server", "--addr", f"127.0.0.1:{port}", "--log-level", "error"]
+    cmd = [opa, "run", "--server", "--addr", f"127.0.0.1:{port}", "--log-level", "error", *args]
     if bundle is not None:
         cmd += ["--bundle", str(bundle)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

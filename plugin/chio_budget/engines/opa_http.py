@@ -44,8 +44,9 @@ from ..compiler import DATA_ROOT, Compiled, revision_of
 from ..errors import EngineError
 from .deadline import Call, CallTimeout, DeadlineExceeded, deadline_pools
 
-__all__ = ["PUSH_PREFIX", "DeadlineExceeded", "cleartext_credentials", "describe_error", "make_client",
-           "policy_ids", "push", "query", "read", "redact", "wait_for_revisions", "wait_healthy"]
+__all__ = ["PUSH_PREFIX", "DeadlineExceeded", "cleartext_credentials", "describe_error", "located_errors",
+           "make_client", "opa_eval_ns", "policy_ids", "push", "query", "read", "redact", "wait_for_revisions",
+           "wait_healthy"]
 
 ROOT = "/".join(DATA_ROOT)  # "chio/budget"
 POLICIES = f"{ROOT}/policies"
@@ -152,10 +153,32 @@ def _describe(exc: BaseException) -> str:
         return _connection_cause(exc)
     if isinstance(exc, ValueError) and "json" in type(exc).__name__.lower():
         return "malformed response: not JSON"
+    located = located_errors(getattr(exc, "errors", None))
+    if located:
+        return "\n".join(located)
     expression, message = getattr(exc, "expression", None), getattr(exc, "message", None)
     if expression is not None or message is not None:
         return f"{type(exc).__name__}: {expression}: {message}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def located_errors(errors: Any, file_of: Any = None) -> list[str]:
+    """OPA's ``errors[]`` (a refused policy) as ``file:row:col: code: message`` lines.
+
+    ``file_of`` maps the file OPA names (the policy id) to the one to show.
+    An entry without a location is shown as ``code: message``.
+    """
+    out = []
+    for err in errors if isinstance(errors, list) else []:
+        if not isinstance(err, dict):
+            continue
+        text = f"{err.get('code', '')}: {str(err.get('message', '')).splitlines()[0] if err.get('message') else ''}"
+        loc = err.get("location")
+        if isinstance(loc, dict) and loc.get("file") is not None:
+            file = file_of(loc["file"]) if file_of else loc["file"]
+            text = f"{file}:{loc.get('row', 0)}:{loc.get('col', 0)}: {text}"
+        out.append(text)
+    return out
 
 
 def _connection_cause(exc: BaseException) -> str:
@@ -179,13 +202,23 @@ def _connection_cause(exc: BaseException) -> str:
 
 # -- deciding: one call, one deadline --------------------------------------------------------------------------
 
-def query(client: OpaClient, path: str, input: Any, call: Call) -> Any:
+def query(client: OpaClient, path: str, input: Any, call: Call, *, metrics: bool = False) -> Any:
     """``POST /v1/data/<path>`` with ``{"input": input}``; the JSON body (``{}`` when undefined).
 
+    With ``metrics`` the query asks for OPA's own metrics (``?metrics``): the
+    body then has ``metrics.timer_rego_query_eval_ns``, OPA's evaluation time.
     Bounded by ``call``'s deadline as a whole (``DeadlineExceeded``); any
     other failure raises what ``requests`` raised (``describe_error`` names it).
     """
-    return _exchange(client, "POST", path, call, json={"input": input})
+    params = {"metrics": "true"} if metrics else None
+    return _exchange(client, "POST", path, call, json={"input": input}, params=params)
+
+
+def opa_eval_ns(body: Any) -> int | None:
+    """OPA's ``timer_rego_query_eval_ns`` from a ``?metrics`` answer (None when absent or not an int)."""
+    metrics = body.get("metrics") if isinstance(body, dict) else None
+    value = metrics.get("timer_rego_query_eval_ns") if isinstance(metrics, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def read(client: OpaClient, path: str, call: Call) -> Any:
@@ -221,8 +254,13 @@ def policy_ids(client: OpaClient) -> list[str]:
     return [p.get("id") for p in r.json().get("result", []) if isinstance(p, dict) and p.get("id")]
 
 
-def push(client: OpaClient, compiled: Compiled, modules: Mapping[str, str]) -> str:
+def push(client: OpaClient, compiled: Compiled, modules: Mapping[str, str], *,
+         source_dir: str | None = None) -> str:
     """PUT ``modules`` and ``compiled``'s data to the server; return the revision read back.
+
+    A module OPA refuses is reported with OPA's locations, each error as
+    ``<source_dir>/<module path>:row:col: code: message`` (``source_dir``:
+    where the modules were read from; without it, the module path).
 
     Idempotent: pushing the same thing twice leaves the server as after one
     push. Modules first, then data (a push is not atomic, which is why the
@@ -247,11 +285,21 @@ def push(client: OpaClient, compiled: Compiled, modules: Mapping[str, str]) -> s
         step = f"GET /v1/data/{POLICIES}"
         body = client.get_data(POLICIES)
     except Exception as exc:
-        raise EngineError(f"push failed at {step}: {describe_error(exc)}") from None
+        located = located_errors(getattr(exc, "errors", None), lambda f: _source_file(f, source_dir))
+        cause = ("\n" + "\n".join(redact(line) for line in located)) if located else " " + describe_error(exc)
+        raise EngineError(f"push failed at {step}:{cause}") from None
     got = revision_of({"policies": body.get("result")})
     if got != compiled.revision:
         raise EngineError(f"push: the server's data revision is {got}, expected {compiled.revision}")
     return got
+
+
+def _source_file(policy_id: str, source_dir: str | None) -> str:
+    """The local file of a module ``push`` uploaded as ``PUSH_PREFIX + path``."""
+    if not policy_id.startswith(PUSH_PREFIX):
+        return policy_id
+    path = policy_id[len(PUSH_PREFIX):]
+    return f"{source_dir.rstrip('/')}/{path}" if source_dir else path
 
 
 # -- start-up waits ------------------------------------------------------------------------------------------

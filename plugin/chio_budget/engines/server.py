@@ -110,24 +110,31 @@ class ServerEngine:
     # -- deciding ------------------------------------------------------------
 
     def decide(self, input: dict[str, Any]) -> Decision:
+        return self.decide_measured(input)[0]
+
+    def decide_measured(self, input: dict[str, Any]) -> tuple[Decision, int | None]:
+        """The decision and OPA's own evaluation time in ns (``?metrics``; None when OPA gave none)."""
         raw_id = input.get("policy_id") if isinstance(input, dict) else None
         policy_id = raw_id if isinstance(raw_id, str) else None
         try:
             call = self._watchdog.start()
         except RuntimeError as exc:  # closed: no deadline to keep, so no decision either
-            return Decision.deny_error(f"engine error: {exc}", policy_id)
+            return Decision.deny_error(f"engine error: {exc}", policy_id), None
         try:
             return self._decide(input, policy_id, call)
         except Exception as exc:  # the promise is "never raises": anything left over denies too
-            return Decision.deny_error(f"engine error: {opa_http.describe_error(exc)}", policy_id)
+            return Decision.deny_error(f"engine error: {opa_http.describe_error(exc)}", policy_id), None
         finally:
             call.finish()
 
-    def _decide(self, input: dict[str, Any], policy_id: str | None, call: Any) -> Decision:
+    def _decide(self, input: dict[str, Any], policy_id: str | None, call: Any) -> tuple[Decision, int | None]:
         try:
-            body = opa_http.query(self._client, DECISION_PATH, input, call)
+            body = opa_http.query(self._client, DECISION_PATH, input, call, metrics=True)
         except Exception as exc:
-            return Decision.deny_error(f"engine error: {opa_http.describe_error(exc)}", policy_id)
+            return Decision.deny_error(f"engine error: {opa_http.describe_error(exc)}", policy_id), None
+        return self._judge(body, policy_id, call), opa_http.opa_eval_ns(body)
+
+    def _judge(self, body: Any, policy_id: str | None, call: Any) -> Decision:
         if not isinstance(body, dict):
             return Decision.deny_error("engine error: malformed response: not a JSON object", policy_id)
         if "result" not in body:

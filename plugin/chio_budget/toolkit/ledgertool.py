@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 from urllib.parse import quote, unquote
 
-from ..decisionlog import DecisionLog, new_decision_id, rfc3339_now
+from ..decisionlog import DecisionLog
 from ..errors import InputError
 from ..ledger import Balance, counter_key
 from ..money import U64_MAX
@@ -105,8 +105,7 @@ class Audit:
     def write(self, action: str, **chio: Any) -> dict[str, Any] | None:
         if self.log is None:
             return None
-        event = {"type": "audit", "decision_id": new_decision_id(), "timestamp": rfc3339_now(), "labels": {},
-                 "chio": {"action": action, "who": self.who, "why": self.why, "ledger": self.ledger, **chio}}
+        event = self.log.audit_event(action=action, who=self.who, why=self.why, ledger=self.ledger, **chio)
         self.log.write(event)
         return event
 

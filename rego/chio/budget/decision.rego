@@ -37,6 +37,7 @@ decision := {
 # METADATA
 # title: Allow
 # description: Default deny; allowed only when no rule contributes a violation.
+# scope: document
 default allow := false
 
 allow if count(violation) == 0
@@ -65,11 +66,14 @@ _limit["tool"] := {"units": units, "who": {"tool_key": input.request.tool_key}} 
 	units := _policy.max_per_tool[input.request.tool_key]
 }
 
-# The window a limit counts over, compiled from the YAML: {"kind": "daily"},
-# {"kind": "rolling", "seconds": 3600, ...}. Undefined: all time.
-_window("tool") := _policy.windows.tool[input.request.tool_key]
+# The window each limit counts over, by scope, compiled from the YAML:
+# {"kind": "daily"}, {"kind": "rolling", "seconds": 3600, ...}; a scope
+# without one counts all time. The tool scope's are compiled per tool key.
+# (Whole objects built once per decision with builtins: cheaper in OPA than a
+# function of the scope, and a function may not read _policy or input.)
+_window := object.union(object.remove(object.get(_policy, "windows", {}), ["tool"]), _tool_window)
 
-_window(scope) := _policy.windows[scope] if scope != "tool"
+_tool_window["tool"] := _policy.windows.tool[input.request.tool_key]
 
 # A limit's warning thresholds, compiled from warn_at: {"bps": 8000, "units": 2400}
 # is 80% (8000 basis points) of a 3000 limit. `units` is the least amount that
@@ -77,9 +81,12 @@ _window(scope) := _policy.windows[scope] if scope != "tool"
 # number `after`: after >= units  exactly when  after * 10000 >= bps * limit.
 # (Compiled once rather than multiplied on every decision: OPA arithmetic
 # costs microseconds an operation.)
-_warn_at("tool") := _policy.warn_at.tool[input.request.tool_key]
+_warn_at := object.union(object.remove(object.get(_policy, "warn_at", {}), ["tool"]), _tool_warn_at)
 
-_warn_at(scope) := _policy.warn_at[scope] if scope != "tool"
+_tool_warn_at["tool"] := _policy.warn_at.tool[input.request.tool_key]
+
+# The scopes whose limit applies to this request.
+_applies := object.keys(_limit)
 
 # Rust's `current.saturating_add(requested)`, per scope, worked out once:
 # exact (OPA numbers are arbitrary precision, so no sum near 2^64 is rounded)
@@ -91,21 +98,23 @@ _after[scope] := min([input.totals[scope] + _requested, _u64_max]) if {
 
 # What a limit reports: the Rust BudgetViolation fields of its scope, plus,
 # for a windowed limit, which window and the Unix second it resets at.
-_report(scope) := object.union_n([
+_report[scope] := object.union_n([
 	{"scope": scope},
-	_limit[scope].who,
+	limit.who,
 	{
-		"limit_units": _limit[scope].units,
+		"limit_units": limit.units,
 		"current_units": input.totals[scope],
 		"requested_units": _requested,
 		"currency": _policy.currency,
 	},
-	_window_fields(scope),
-])
+	object.get(_window_fields, scope, {}),
+]) if {
+	some scope, limit in _limit
+}
 
-_window_fields(scope) := fields if {
-	fields := {"window": _window(scope).kind, "resets_at": input.windows[scope].resets_at}
-} else := {}
+_window_fields[scope] := {"window": window.kind, "resets_at": input.windows[scope].resets_at} if {
+	some scope, window in _window
+}
 
 # METADATA
 # title: Violations
@@ -114,10 +123,11 @@ _window_fields(scope) := fields if {
 #   scopes carry the numbers that explain them (a windowed limit's also
 #   "window" and "resets_at"). Other files may add more, e.g.
 #   {"scope": "custom", "code": "...", "message": "..."}.
+# scope: document
 violation contains v if {
 	some scope, limit in _limit
 	_after[scope] > limit.units
-	v := _report(scope)
+	v := _report[scope]
 }
 
 # The per-call cap (the grant's max_cost_per_invocation as policy data): one
@@ -159,9 +169,9 @@ violation contains {"scope": "custom", "code": "invalid_input", "message": probl
 #   deny. Other files may add more.
 warning contains w if {
 	some scope, after in _after
-	some threshold in _warn_at(scope)
+	some threshold in _warn_at[scope]
 	after >= threshold.units
-	w := object.union(_report(scope), {"threshold": threshold.bps / 10000})
+	w := object.union(_report[scope], {"threshold": threshold.bps / 10000})
 }
 
 # The fast path: one rule that holds for every input the guard builds, so
@@ -172,47 +182,53 @@ _input_ok if {
 	is_string(input.request.agent_id)
 	is_string(input.request.tool_key)
 	_is_units(input.totals.total)
-	_counter_ok("session")
-	_counter_ok("agent")
-	_counter_ok("tool")
-	every scope, _ in _limit {
-		_window_ok(scope)
+	_session_counter_ok
+	_counter_ok(input.totals.agent, "agent" in _limited)
+	_counter_ok(input.totals.tool, "tool" in _limited)
+	every scope, window in _window {
+		_window_ok(scope in _applies, object.get(input, ["windows", scope], null), window)
 	}
 }
 
 # The guard keeps only the counters some limit reads, and sends null for a
 # scope without one. A number is always fine; null only where no limit of
 # the policy reads that scope (a missing or malformed number under a limit
-# still denies).
-_counter_ok(scope) if _is_units(input.totals[scope])
+# still denies). `limited`: whether a limit reads it (`scope in _limited`).
+_counter_ok(count, _) if _is_units(count)
+
+_counter_ok(null, false)
 
 # Without a session there is no session counter: whatever is sent is unread.
-_counter_ok("session") if object.get(input, ["request", "session_id"], null) == null
+_session_counter_ok if object.get(input, ["request", "session_id"], null) == null
 
-_counter_ok(scope) if {
-	not _limited(scope)
-	input.totals[scope] == null
-}
+_session_counter_ok if _counter_ok(input.totals.session, "session" in _limited)
 
-_limited("session") if _policy.max_per_session
+# The scopes a limit of this policy reads for this request (a counter the
+# guard must send).
+_limited contains "session" if _policy.max_per_session
 
-_limited("agent") if _policy.max_per_agent
+_limited contains "agent" if _policy.max_per_agent
 
-_limited("tool") if _policy.max_per_tool[input.request.tool_key]
+_limited contains "tool" if _policy.max_per_tool[input.request.tool_key]
 
-# A windowed limit needs the guard's window: the compiled kind and when it resets.
-_window_ok(scope) if not _window(scope)
+# A windowed limit that applies needs the guard's window (`sent`, null when
+# missing): the compiled kind and when it resets.
+_window_ok(false, _, _)
 
-_window_ok(scope) if {
-	input.windows[scope].window == _window(scope).kind
-	_is_units(input.windows[scope].resets_at)
+_window_ok(_, sent, window) if {
+	sent.window == window.kind
+	_is_units(sent.resets_at)
 }
 
 # object.get, not a plain reference: a missing field must reach the check
 # as null, not make the whole rule undefined.
-_input_problems contains "cost.units must be an integer >= 0" if not _is_units(object.get(input, ["cost", "units"], null))
+_input_problems contains "cost.units must be an integer >= 0" if {
+	not _is_units(object.get(input, ["cost", "units"], null))
+}
 
-_input_problems contains "cost.currency must be a string" if not is_string(object.get(input, ["cost", "currency"], null))
+_input_problems contains "cost.currency must be a string" if {
+	not is_string(object.get(input, ["cost", "currency"], null))
+}
 
 _input_problems contains "totals.total must be an integer >= 0" if {
 	not _is_units(object.get(input, ["totals", "total"], null))
@@ -220,24 +236,24 @@ _input_problems contains "totals.total must be an integer >= 0" if {
 
 _input_problems contains sprintf("totals.%s must be an integer >= 0", [scope]) if {
 	some scope in ["agent", "tool"]
-	_limited(scope)
-	not _counter_ok(scope)
+	scope in _limited
+	not _counter_ok(object.get(input, ["totals", scope], "missing"), true)
 }
 
 _input_problems contains sprintf("totals.%s must be an integer >= 0 or null (no %s limit applies)", [scope, scope]) if {
 	some scope in ["agent", "tool"]
-	not _limited(scope)
-	not _counter_ok(scope)
+	not scope in _limited
+	not _counter_ok(object.get(input, ["totals", scope], "missing"), false)
 }
 
 _input_problems contains "totals.session must be an integer >= 0 when request.session_id is set" if {
-	not _counter_ok("session")
-	_limited("session")
+	not _session_counter_ok
+	"session" in _limited
 }
 
 _input_problems contains "totals.session must be an integer >= 0 or null (no session limit applies)" if {
-	not _counter_ok("session")
-	not _limited("session")
+	not _session_counter_ok
+	not "session" in _limited
 }
 
 _input_problems contains sprintf("request.%s must be a string", [name]) if {
@@ -245,9 +261,12 @@ _input_problems contains sprintf("request.%s must be a string", [name]) if {
 	not is_string(object.get(input, ["request", name], null))
 }
 
-_input_problems contains sprintf("windows.%s must be {\"window\": %q, \"resets_at\": <Unix second>} (its limit is windowed)", [scope, _window(scope).kind]) if {
-	some scope, _ in _limit
-	not _window_ok(scope)
+_input_problems contains sprintf(
+	"windows.%s must be {\"window\": %q, \"resets_at\": <Unix second>} (its limit is windowed)",
+	[scope, _window[scope].kind],
+) if {
+	some scope, window in _window
+	not _window_ok(scope in _applies, object.get(input, ["windows", scope], null), window)
 }
 
 _is_units(x) if {
@@ -267,8 +286,9 @@ _ordered_violations := array.concat(
 # in sorted order, and two warnings of one scope differ only there).
 _ordered_warnings := array.concat(
 	[w | some scope in _builtin_scopes; some w in warning; w.scope == scope],
-	[w | some w in warning; not _builtin(w)],
+	[w | some w in warning; not _builtin(w, _builtin_scopes)],
 )
 
-# A warning (or violation) of a built-in scope; one without a scope is not.
-_builtin(x) if x.scope in _builtin_scopes
+# A warning of a built-in scope; one without a scope is not (so it is kept above:
+# `not w.scope in ...` would drop it, its undefined scope making the whole term undefined).
+_builtin(x, scopes) if x.scope in scopes

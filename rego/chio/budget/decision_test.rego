@@ -46,12 +46,9 @@ _input_for(tool, session, cost, totals) := {
 
 _zero := {"total": 0, "session": 0, "agent": 0, "tool": 0}
 
-_decide(inp) := d if {
-	d := budget.decision with input as inp with data.chio.budget.policies as _policies
-}
-
 test_within_budget_allows if {
-	d := _decide(_input(100, _zero))
+	d := budget.decision with input as _input(100, _zero)
+		with data.chio.budget.policies as _policies
 	d.allow == true
 	d.violations == []
 	d.warnings == []
@@ -60,7 +57,8 @@ test_within_budget_allows if {
 }
 
 test_total_exceeded_denies_with_seed_shaped_violation if {
-	d := _decide(_input(200, {"total": 9900, "session": 0, "agent": 0, "tool": 0}))
+	d := budget.decision with input as _input(200, {"total": 9900, "session": 0, "agent": 0, "tool": 0})
+		with data.chio.budget.policies as _policies
 	d.allow == false
 	d.violations == [{
 		"scope": "total", "limit_units": 10000, "current_units": 9900,
@@ -69,12 +67,14 @@ test_total_exceeded_denies_with_seed_shaped_violation if {
 }
 
 test_exactly_at_limit_allows if {
-	d := _decide(_input(100, {"total": 9900, "session": 0, "agent": 0, "tool": 0}))
+	d := budget.decision with input as _input(100, {"total": 9900, "session": 0, "agent": 0, "tool": 0})
+		with data.chio.budget.policies as _policies
 	d.allow == true
 }
 
 test_agent_exceeded_denies if {
-	d := _decide(_input(200, {"total": 2900, "session": 2900, "agent": 2900, "tool": 2900}))
+	d := budget.decision with input as _input(200, {"total": 2900, "session": 2900, "agent": 2900, "tool": 2900})
+		with data.chio.budget.policies as _policies
 	d.allow == false
 	d.violations == [{
 		"scope": "agent", "agent_id": "a1", "limit_units": 3000,
@@ -93,7 +93,8 @@ test_session_exceeded_denies if {
 }
 
 test_session_limit_ignored_without_session if {
-	d := budget.decision with input as _input_for("t1", null, 200, {"total": 900, "session": null, "agent": 900, "tool": 900})
+	no_session := {"total": 900, "session": null, "agent": 900, "tool": 900}
+	d := budget.decision with input as _input_for("t1", null, 200, no_session)
 		with data.chio.budget.policies as _session_only
 	d.allow == true
 }
@@ -113,7 +114,9 @@ test_agent_limit_ignored_when_policy_has_none if {
 }
 
 test_tool_exceeded_denies if {
-	d := _decide(_input_for("expensive", "sess-1", 200, {"total": 400, "session": 400, "agent": 400, "tool": 400}))
+	totals := {"total": 400, "session": 400, "agent": 400, "tool": 400}
+	d := budget.decision with input as _input_for("expensive", "sess-1", 200, totals)
+		with data.chio.budget.policies as _policies
 	d.allow == false
 	d.violations == [{
 		"scope": "tool", "tool_key": "s1:expensive", "limit_units": 500,
@@ -122,24 +125,30 @@ test_tool_exceeded_denies if {
 }
 
 test_unlisted_tool_has_no_tool_limit if {
-	d := _decide(_input_for("cheap", "sess-1", 200, {"total": 0, "session": 0, "agent": 0, "tool": 100000}))
+	totals := {"total": 0, "session": 0, "agent": 0, "tool": 100000}
+	d := budget.decision with input as _input_for("cheap", "sess-1", 200, totals)
+		with data.chio.budget.policies as _policies
 	d.allow == true
 }
 
 test_zero_cost_passes if {
-	d := _decide(_input(0, {"total": 10000, "session": 5000, "agent": 3000, "tool": 0}))
+	d := budget.decision with input as _input(0, {"total": 10000, "session": 5000, "agent": 3000, "tool": 0})
+		with data.chio.budget.policies as _policies
 	d.allow == true
 }
 
 test_zero_cost_denied_when_already_over if {
-	d := _decide(_input(0, {"total": 10001, "session": 0, "agent": 0, "tool": 0}))
+	d := budget.decision with input as _input(0, {"total": 10001, "session": 0, "agent": 0, "tool": 0})
+		with data.chio.budget.policies as _policies
 	d.allow == false
 	[v] := d.violations
 	v.scope == "total"
 }
 
 test_all_violations_in_order_total_session_agent_tool if {
-	d := _decide(_input_for("expensive", "sess-1", 600, {"total": 9900, "session": 4900, "agent": 2900, "tool": 400}))
+	totals := {"total": 9900, "session": 4900, "agent": 2900, "tool": 400}
+	d := budget.decision with input as _input_for("expensive", "sess-1", 600, totals)
+		with data.chio.budget.policies as _policies
 	d.allow == false
 	[v.scope | some v in d.violations] == ["total", "session", "agent", "tool"]
 }
@@ -147,7 +156,8 @@ test_all_violations_in_order_total_session_agent_tool if {
 test_u64_sums_are_exact if {
 	max_policy := {"default": {"currency": "USD", "max_total": _u64_max, "revision": "r"}}
 	near := {"total": _u64_max - 10, "session": 0, "agent": 0, "tool": 0}
-	over := budget.decision with input as _input(20, near) with data.chio.budget.policies as {"default": {"currency": "USD", "max_total": _u64_max - 1, "revision": "r"}}
+	below_max := {"default": {"currency": "USD", "max_total": _u64_max - 1, "revision": "r"}}
+	over := budget.decision with input as _input(20, near) with data.chio.budget.policies as below_max
 	over.allow == false
 	fits := budget.decision with input as _input(10, near) with data.chio.budget.policies as max_policy
 	fits.allow == true
@@ -168,7 +178,8 @@ test_unknown_policy_is_undefined if {
 
 test_currency_mismatch_denies if {
 	inp := object.union(_input(1, _zero), {"cost": {"units": 1, "currency": "EUR"}})
-	d := _decide(inp)
+	d := budget.decision with input as inp
+		with data.chio.budget.policies as _policies
 	d.allow == false
 	[v] := d.violations
 	v.scope == "custom"
@@ -215,13 +226,15 @@ test_warnings_from_extension_do_not_deny if {
 
 test_missing_cost_denies_as_invalid_input if {
 	inp := object.remove(_input(1, _zero), ["cost"])
-	d := _decide(inp)
+	d := budget.decision with input as inp
+		with data.chio.budget.policies as _policies
 	d.allow == false
 	{v.message | some v in d.violations} == {"cost.units must be an integer >= 0", "cost.currency must be a string"}
 }
 
 test_missing_totals_deny_as_invalid_input if {
-	d := _decide(object.remove(_input(1, _zero), ["totals"]))
+	d := budget.decision with input as object.remove(_input(1, _zero), ["totals"])
+		with data.chio.budget.policies as _policies
 	d.allow == false
 	{v.message | some v in d.violations} == {
 		"totals.total must be an integer >= 0", "totals.agent must be an integer >= 0",
@@ -241,24 +254,30 @@ test_null_totals_accepted_where_no_limit_reads_them if {
 }
 
 test_null_tool_total_accepted_for_an_unlisted_tool if {
-	d := _decide(_input_for("cheap", "sess-1", 100, {"total": 0, "session": 0, "agent": 0, "tool": null}))
+	totals := {"total": 0, "session": 0, "agent": 0, "tool": null}
+	d := budget.decision with input as _input_for("cheap", "sess-1", 100, totals)
+		with data.chio.budget.policies as _policies
 	d.allow == true
 }
 
 test_null_agent_total_denied_under_an_agent_limit if {
-	d := _decide(_input(1, {"total": 0, "session": 0, "agent": null, "tool": null}))
+	d := budget.decision with input as _input(1, {"total": 0, "session": 0, "agent": null, "tool": null})
+		with data.chio.budget.policies as _policies
 	d.allow == false
 	d.violations == [{"scope": "custom", "code": "invalid_input", "message": "totals.agent must be an integer >= 0"}]
 }
 
 test_null_tool_total_denied_for_a_listed_tool if {
-	d := _decide(_input_for("expensive", "sess-1", 1, {"total": 0, "session": 0, "agent": 0, "tool": null}))
+	totals := {"total": 0, "session": 0, "agent": 0, "tool": null}
+	d := budget.decision with input as _input_for("expensive", "sess-1", 1, totals)
+		with data.chio.budget.policies as _policies
 	d.allow == false
 	[v.message | some v in d.violations] == ["totals.tool must be an integer >= 0"]
 }
 
 test_null_session_total_denied_under_a_session_limit if {
-	d := _decide(_input(1, {"total": 0, "session": null, "agent": 0, "tool": null}))
+	d := budget.decision with input as _input(1, {"total": 0, "session": null, "agent": 0, "tool": null})
+		with data.chio.budget.policies as _policies
 	d.allow == false
 	[v.message | some v in d.violations] == ["totals.session must be an integer >= 0 when request.session_id is set"]
 }
@@ -275,7 +294,8 @@ test_malformed_total_without_a_limit_still_denies if {
 
 test_negative_or_fractional_cost_denies if {
 	every cost in [-1, 1.5, "5"] {
-		d := _decide(_input(cost, _zero))
+		d := budget.decision with input as _input(cost, _zero)
+			with data.chio.budget.policies as _policies
 		d.allow == false
 		some v in d.violations
 		v.code == "invalid_input"
@@ -284,7 +304,8 @@ test_negative_or_fractional_cost_denies if {
 
 test_missing_request_ids_deny if {
 	inp := object.union(object.remove(_input(1, _zero), ["request"]), {"request": {"session_id": null}})
-	d := _decide(inp)
+	d := budget.decision with input as inp
+		with data.chio.budget.policies as _policies
 	d.allow == false
 	{v.message | some v in d.violations} == {"request.agent_id must be a string", "request.tool_key must be a string"}
 }

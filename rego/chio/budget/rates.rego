@@ -35,7 +35,10 @@ violation contains {
 	"pair": c.pair,
 	"original_units": c.original.units,
 	"original_currency": c.original.currency,
-	"message": sprintf("%d %s cannot be converted to %s: %s", [c.original.units, c.original.currency, _policy.currency, c.reason]),
+	"message": sprintf(
+		"%d %s cannot be converted to %s: %s",
+		[c.original.units, c.original.currency, _policy.currency, c.reason],
+	),
 } if {
 	c := input.conversion
 	c.status == "rate_overflow"
@@ -53,10 +56,13 @@ violation contains {
 	"source": c.rate.source,
 	"age_seconds": c.rate.age_seconds,
 	"max_age_seconds": c.max_age_seconds,
-	"message": sprintf("%s rate from %s is %d s old, more than the %d s allowed", [c.pair, c.rate.source, c.rate.age_seconds, c.max_age_seconds]),
+	"message": sprintf(
+		"%s rate from %s is %d s old, more than the %d s allowed",
+		[c.pair, c.rate.source, c.rate.age_seconds, c.max_age_seconds],
+	),
 } if {
 	c := input.conversion
-	_conversion_facts_ok(c)
+	_conversion_facts_ok(c, input.cost.units)
 	c.rate.age_seconds > c.max_age_seconds
 }
 
@@ -67,11 +73,12 @@ violation contains {"scope": "custom", "code": "invalid_input", "message": probl
 
 _conversion_statuses := {"ok", "rate_unavailable", "rate_overflow"}
 
-_conversion_facts_ok(c) if {
+# `cost_units` is input.cost.units: what the conversion must have produced.
+_conversion_facts_ok(c, cost_units) if {
 	c.status == "ok"
 	_is_units(c.rate.age_seconds)
 	_is_units(c.max_age_seconds)
-	c.converted_units == input.cost.units
+	c.converted_units == cost_units
 }
 
 _conversion_problems contains "conversion.status must be ok, rate_unavailable or rate_overflow" if {
@@ -79,8 +86,11 @@ _conversion_problems contains "conversion.status must be ok, rate_unavailable or
 	not c.status in _conversion_statuses
 }
 
-_conversion_problems contains "conversion with status ok needs integer rate.age_seconds and max_age_seconds, and converted_units equal to cost.units" if {
+_conversion_problems contains concat(" ", [
+	"conversion with status ok needs integer rate.age_seconds and max_age_seconds,",
+	"and converted_units equal to cost.units",
+]) if {
 	c := input.conversion
 	c.status == "ok"
-	not _conversion_facts_ok(c)
+	not _conversion_facts_ok(c, input.cost.units)
 }

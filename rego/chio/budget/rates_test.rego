@@ -13,8 +13,6 @@ _policies := {"default": {
 	"revision": "sha256:test",
 }}
 
-_zero := {"total": 0, "session": null, "agent": 0, "tool": 0}
-
 _rate(age) := {
 	"numerator": 10842, "denominator": 10000, "source": "rates.yaml:6",
 	"updated_at": 1767225600, "age_seconds": age,
@@ -40,24 +38,22 @@ _input(cost, conversion) := {
 		"tool_server": "s1", "tool_name": "t1", "tool_key": "s1:t1",
 	},
 	"cost": {"units": cost, "currency": "USD"},
-	"totals": _zero,
+	"totals": {"total": 0, "session": null, "agent": 0, "tool": 0},
 	"conversion": conversion,
-}
-
-_decide(inp) := d if {
-	d := budget.decision with input as inp with data.chio.budget.policies as _policies
 }
 
 _codes(d) := [v.code | some v in d.violations]
 
 test_converted_cost_within_budget_allows if {
-	d := _decide(_input(112, _conversion("ok", _rate(0), 112)))
+	d := budget.decision with input as _input(112, _conversion("ok", _rate(0), 112))
+		with data.chio.budget.policies as _policies
 	d.allow == true
 	d.violations == []
 }
 
 test_converted_cost_is_judged_against_the_limits if {
-	d := _decide(_input(10001, _conversion("ok", _rate(0), 10001)))
+	d := budget.decision with input as _input(10001, _conversion("ok", _rate(0), 10001))
+		with data.chio.budget.policies as _policies
 	d.allow == false
 	[v] := d.violations
 	v.scope == "total"
@@ -65,12 +61,14 @@ test_converted_cost_is_judged_against_the_limits if {
 }
 
 test_rate_exactly_max_age_old_is_fresh if {
-	d := _decide(_input(112, _conversion("ok", _rate(600), 112)))
+	d := budget.decision with input as _input(112, _conversion("ok", _rate(600), 112))
+		with data.chio.budget.policies as _policies
 	d.allow == true
 }
 
 test_rate_one_second_past_max_age_is_stale if {
-	d := _decide(_input(112, _conversion("ok", _rate(601), 112)))
+	d := budget.decision with input as _input(112, _conversion("ok", _rate(601), 112))
+		with data.chio.budget.policies as _policies
 	d.allow == false
 	d.violations == [{
 		"scope": "custom", "code": "rate_stale", "pair": "EUR/USD", "source": "rates.yaml:6",
@@ -80,8 +78,10 @@ test_rate_one_second_past_max_age_is_stale if {
 }
 
 test_missing_rate_denies_as_rate_unavailable if {
-	c := object.union(_conversion("rate_unavailable", null, null), {"reason": "no EUR/USD rate (cross rates are not derived)"})
-	d := _decide(_input(0, c))
+	reason := {"reason": "no EUR/USD rate (cross rates are not derived)"}
+	c := object.union(_conversion("rate_unavailable", null, null), reason)
+	d := budget.decision with input as _input(0, c)
+		with data.chio.budget.policies as _policies
 	d.allow == false
 	d.violations == [{
 		"scope": "custom", "code": "rate_unavailable", "pair": "EUR/USD",
@@ -92,7 +92,8 @@ test_missing_rate_denies_as_rate_unavailable if {
 
 test_overflow_denies_as_rate_overflow if {
 	c := object.union(_conversion("rate_overflow", _rate(0), null), {"reason": "converted units exceeded u64 for EUR/USD"})
-	d := _decide(_input(0, c))
+	d := budget.decision with input as _input(0, c)
+		with data.chio.budget.policies as _policies
 	d.allow == false
 	d.violations == [{
 		"scope": "custom", "code": "rate_overflow", "pair": "EUR/USD",
@@ -102,25 +103,29 @@ test_overflow_denies_as_rate_overflow if {
 }
 
 test_unknown_conversion_status_is_invalid_input if {
-	d := _decide(_input(112, _conversion("fine", _rate(0), 112)))
+	d := budget.decision with input as _input(112, _conversion("fine", _rate(0), 112))
+		with data.chio.budget.policies as _policies
 	d.allow == false
 	_codes(d) == ["invalid_input"]
 }
 
 test_ok_conversion_without_age_is_invalid_input if {
-	d := _decide(_input(112, _conversion("ok", null, 112)))
+	d := budget.decision with input as _input(112, _conversion("ok", null, 112))
+		with data.chio.budget.policies as _policies
 	d.allow == false
 	_codes(d) == ["invalid_input"]
 }
 
 test_ok_conversion_must_carry_the_converted_cost if {
-	d := _decide(_input(1, _conversion("ok", _rate(0), 112)))
+	d := budget.decision with input as _input(1, _conversion("ok", _rate(0), 112))
+		with data.chio.budget.policies as _policies
 	d.allow == false
 	_codes(d) == ["invalid_input"]
 }
 
 test_no_conversion_adds_no_violation if {
 	inp := object.remove(_input(112, null), ["conversion"])
-	d := _decide(inp)
+	d := budget.decision with input as inp
+		with data.chio.budget.policies as _policies
 	d.allow == true
 }
