@@ -42,19 +42,33 @@ class BudgetViolation(BaseModel):
 _WINDOW_FIELDS = ("window", "resets_at")
 
 
-class _LimitViolation(BudgetViolation):
-    """A limit's violation: the Rust fields, then ``window``/``resets_at`` for a windowed limit."""
+_RUST_FIELDS = ("limit_units", "current_units", "requested_units", "currency")
 
+
+class _LimitViolation(BudgetViolation):
+    """A limit's violation: the Rust fields, then ``window``/``resets_at`` for a windowed limit.
+
+    Each scope's class adds only its ``scope`` and the id it names; the
+    serializer writes the Rust serde order whatever the declaration order.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
     _label: ClassVar[str] = ""
+    limit_units: Units
+    current_units: Units
+    requested_units: Units
+    currency: str
     window: str | None = None
     resets_at: Units | None = None
 
     @model_serializer(mode="wrap")
-    def _window_last_or_absent(self, handler: Any) -> dict[str, Any]:
-        out = handler(self)
-        window, resets_at = out.pop("window", None), out.pop("resets_at", None)
-        if window is not None or resets_at is not None:
-            out["window"], out["resets_at"] = window, resets_at
+    def _rust_order(self, handler: Any) -> dict[str, Any]:
+        d = handler(self)
+        out = {"scope": d.pop("scope")}
+        out.update((k, v) for k, v in d.items() if k not in _RUST_FIELDS and k not in _WINDOW_FIELDS)
+        out.update((k, d[k]) for k in _RUST_FIELDS)
+        if d.get("window") is not None or d.get("resets_at") is not None:
+            out["window"], out["resets_at"] = d.get("window"), d.get("resets_at")
         return out
 
     def describe(self) -> str:
@@ -79,45 +93,25 @@ def _iso(t: Any) -> str:
 
 class TotalViolation(_LimitViolation):
     _label: ClassVar[str] = "total"
-    model_config = ConfigDict(extra="forbid", frozen=True)
     scope: Literal["total"] = "total"
-    limit_units: Units
-    current_units: Units
-    requested_units: Units
-    currency: str
 
 
 class SessionViolation(_LimitViolation):
     _label: ClassVar[str] = "session {session_id!r}"
-    model_config = ConfigDict(extra="forbid", frozen=True)
     scope: Literal["session"] = "session"
     session_id: str
-    limit_units: Units
-    current_units: Units
-    requested_units: Units
-    currency: str
 
 
 class AgentViolation(_LimitViolation):
     _label: ClassVar[str] = "agent {agent_id!r}"
-    model_config = ConfigDict(extra="forbid", frozen=True)
     scope: Literal["agent"] = "agent"
     agent_id: str
-    limit_units: Units
-    current_units: Units
-    requested_units: Units
-    currency: str
 
 
 class ToolViolation(_LimitViolation):
     _label: ClassVar[str] = "tool {tool_key!r}"
-    model_config = ConfigDict(extra="forbid", frozen=True)
     scope: Literal["tool"] = "tool"
     tool_key: str
-    limit_units: Units
-    current_units: Units
-    requested_units: Units
-    currency: str
 
 
 class InvocationViolation(BudgetViolation):
