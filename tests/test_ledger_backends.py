@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import sys
+import threading
 
 import pytest
 
@@ -125,6 +126,39 @@ def test_sqlite_lock_held_too_long_denies(tmp_path):
     assert ledger.reserve("r1", [A], 1).created, "nothing was left behind by the failed attempts"
     assert ledger.totals([A]) == [1]
     ledger.close()
+
+
+def test_sqlite_open_waits_for_a_writer_on_a_fresh_file(tmp_path):
+    """Replicas starting together: one is mid-write on a file not yet in WAL mode while another
+    opens it. Switching to WAL must upgrade a read lock, which SQLite refuses at once (no busy
+    handler); the open must wait like any other operation, not fail (CI saw 'database is locked')."""
+    path = tmp_path / "l.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE other (a)")
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO other VALUES (1)")
+    done = threading.Timer(0.3, lambda: writer.execute("COMMIT"))
+    done.start()
+    try:
+        ledger = open_ledger(f"sqlite:///{path}?busy_timeout=10")
+    finally:
+        done.join()
+        writer.close()
+    assert ledger.reserve("r1", [A], 1).created
+    ledger.close()
+
+
+def test_sqlite_open_still_gives_up_after_busy_timeout(tmp_path):
+    path = tmp_path / "l.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("CREATE TABLE other (a)")
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(LedgerError, match="locked"):
+            open_ledger(f"sqlite:///{path}?busy_timeout=0.05")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
 
 
 def test_sqlite_unopenable_path_is_a_ledger_error(tmp_path):

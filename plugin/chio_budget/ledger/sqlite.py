@@ -96,18 +96,40 @@ class SqliteLedger(ExportsSpent, ClosesOnExit):
     # -- connection -------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        """Open, switch to WAL and check the schema, retrying while the file is busy.
+
+        SQLite's busy handler does not cover opening: a connection whose first read
+        must upgrade to a write (switching a fresh file to WAL while another process
+        is writing it, or the WAL clean-up of a closing connection) gets SQLITE_BUSY
+        at once. So replicas starting together retry here until ``busy_timeout``.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.001
+        while True:
+            try:
+                conn = self._open()
+            except sqlite3.Error as exc:
+                if not _busy(exc) or time.monotonic() + pause > deadline:
+                    raise LedgerError(f"sqlite ledger: {self.path}: {exc}") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+                continue
+            self._conn, self._pid = conn, os.getpid()
+            return conn
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), timeout=self._busy_timeout, isolation_level=None,
+                               check_same_thread=False)
         try:
-            conn = sqlite3.connect(str(self.path), timeout=self._busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise LedgerError(f"sqlite ledger: {self.path}: cannot switch to WAL (journal_mode={mode})")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             ensure_schema(conn, self.path)
-        except sqlite3.Error as exc:
-            raise LedgerError(f"sqlite ledger: {self.path}: {exc}") from None
-        self._conn, self._pid = conn, os.getpid()
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     @contextmanager
@@ -356,3 +378,11 @@ class SqliteLedger(ExportsSpent, ClosesOnExit):
 
     def __repr__(self) -> str:
         return f"SqliteLedger({str(self.path)!r})"
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED, whatever the extended code."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return "locked" in str(exc) or "busy" in str(exc)
+    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
