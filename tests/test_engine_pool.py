@@ -134,3 +134,18 @@ def test_the_shared_engine_of_a_policy_set_is_one_pool_closed_with_the_last_guar
     assert shared.decide(an_input()).error is None  # still open for the other policy
     loaded["other"].close()
     assert shared._closed
+
+
+def test_an_instance_that_cannot_be_created_denies_that_decision_and_frees_its_place(monkeypatch):
+    e = engine(2)
+    inp = an_input()
+    real_new = e._new
+    monkeypatch.setattr(e, "_new", lambda: (_ for _ in ()).throw(EngineError("embedded OPA: out of memory")))
+    with e._instance():  # the loaded instance is busy: the next decision must create one
+        d = e.decide(inp)
+    assert not d.allow and d.error == "engine error: embedded OPA: out of memory"
+    assert e.instances == 1
+    monkeypatch.setattr(e, "_new", real_new)
+    with e._instance():
+        assert e.decide(inp).allow and e.instances == 2
+    e.close()
