@@ -56,7 +56,7 @@ from .base import BATCH_PATH, batch_input, judge_batch
 from .deadline import Watchdog
 
 #: Inputs per batched request (each request has one ``timeout``).
-BATCH_SIZE = 500
+BATCH_SIZE = 100
 
 
 class ServerEngine:
