@@ -12,7 +12,9 @@ noisy: only side-by-side numbers mean anything). Usage::
 ``commit`` on the memory ledger, with 1 thread and with 2 threads sharing
 one guard: over the pool (default size, ``os.cpu_count()``), over one OPA
 instance (``pool_size=1``, the engine before the pool), and with one guard
-(one engine) per thread. ``gc``: the same 1- and 2-thread ``check`` in a
+(one engine) per thread; with the process CPU cores each used, the cores
+two GIL-free threads (zlib) got in the same rounds (what the box could
+spare), and the share of time two evaluations ran inside Go at once. ``gc``: the same 1- and 2-thread ``check`` in a
 fresh process per setting of ``GOGC`` and ``GOMAXPROCS`` (the Go runtime
 reads both when the library loads). ``batch``: decisions/s deciding 10,000
 inputs one by one vs ``decide_many`` (embedded, server through the OPA
@@ -65,8 +67,32 @@ def op_authorize(g: BudgetGuard) -> None:
     auth.commit()
 
 
+_CPU: list[float] = []  # process CPU cores used by the last ``throughput`` call
+
+
+def cores_available(seconds: float) -> float:
+    """Cores two GIL-free threads (zlib) get right now: what the box can give a 2-thread run."""
+    data = b"x" * (4 << 20)
+    stop = time.perf_counter() + seconds
+
+    def work() -> None:
+        import zlib
+
+        while time.perf_counter() < stop:
+            zlib.compress(data, 1)
+
+    c0, t0 = time.process_time(), time.perf_counter()
+    ts = [threading.Thread(target=work) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return (time.process_time() - c0) / (time.perf_counter() - t0)
+
+
 def throughput(guards: list[BudgetGuard], op: Callable[[BudgetGuard], None], seconds: float) -> float:
     """Ops/s with one thread per guard in ``guards`` (the same guard twice: two threads sharing it)."""
+    c0 = time.process_time()
     done = [0] * len(guards)
     stop = time.perf_counter() + seconds
     start = threading.Barrier(len(guards) + 1)
@@ -88,7 +114,43 @@ def throughput(guards: list[BudgetGuard], op: Callable[[BudgetGuard], None], sec
     start.wait()
     for t in ts:
         t.join()
-    return sum(done) / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    _CPU[:] = [(time.process_time() - c0) / wall]
+    return sum(done) / wall
+
+
+def go_overlap(g: BudgetGuard, seconds: float) -> dict[str, float]:
+    """Two threads on ``g``: the share of wall time with at least one, and with two, evaluations
+    inside the Go library at once (the GIL is released there). Independent of how many cores the
+    box can spare: with one OPA instance the second share is 0 by construction (they queue)."""
+    from opa_bindings import engine as bindings
+
+    lib = bindings._get_lib()
+    real = lib.OpaEvalDocument
+    lock, state = threading.Lock(), {"n": 0, "t": 0, "one": 0, "two": 0}
+
+    def event(delta: int) -> None:
+        with lock:
+            now = time.perf_counter_ns()
+            state["one"] += (now - state["t"]) if state["n"] >= 1 else 0
+            state["two"] += (now - state["t"]) if state["n"] >= 2 else 0
+            state["n"], state["t"] = state["n"] + delta, now
+
+    def timed(*args: Any) -> Any:
+        event(1)
+        try:
+            return real(*args)
+        finally:
+            event(-1)
+
+    lib.OpaEvalDocument = timed
+    try:
+        t0 = time.perf_counter_ns()
+        throughput([g, g], op_check, seconds)
+        wall = time.perf_counter_ns() - t0
+    finally:
+        lib.OpaEvalDocument = real
+    return {"at least one in Go": round(state["one"] / wall, 3), "two in Go at once": round(state["two"] / wall, 3)}
 
 
 def measure_threads(rounds: int, seconds: float) -> dict[str, Any]:
@@ -102,17 +164,25 @@ def measure_threads(rounds: int, seconds: float) -> dict[str, Any]:
         "2 threads, a guard each": lambda op: throughput([pooled, other], op, seconds),
     }
     raw: dict[str, dict[str, list[float]]] = {op: {k: [] for k in setups} for op in ("check", "authorize+commit")}
+    cores: dict[str, dict[str, list[float]]] = {op: {k: [] for k in setups} for op in raw}
+    free: list[float] = []
     for r in range(rounds):
         names = list(setups) if r % 2 == 0 else list(reversed(setups))
+        free.append(cores_available(seconds / 2))
         for op_name, op in (("check", op_check), ("authorize+commit", op_authorize)):
             for name in names:
                 raw[op_name][name].append(setups[name](op))
-    out: dict[str, Any] = {"pool_size": pooled.engine.pool_size, "cpus": os.cpu_count(), "rounds": rounds}
+                cores[op_name][name].append(_CPU[0])
+    out: dict[str, Any] = {"pool_size": pooled.engine.pool_size, "cpus": os.cpu_count(), "rounds": rounds,
+                           "cores two GIL-free threads got (median)": round(statistics.median(free), 2)}
     for op_name, by in raw.items():
         base = by["1 thread"]
         out[op_name] = {name: {"ops_per_s": round(statistics.median(v)),
-                               "ratio": round(statistics.median([x / b for x, b in zip(v, base)]), 3)}
+                               "ratio": round(statistics.median([x / b for x, b in zip(v, base)]), 3),
+                               "cores_used": round(statistics.median(cores[op_name][name]), 2)}
                         for name, v in by.items()}
+    out["overlap, 2 threads on one guard (pool)"] = go_overlap(pooled, 2 * seconds)
+    out["overlap, 2 threads on one guard (pool_size=1)"] = go_overlap(single, 2 * seconds)
     for g in (pooled, single, other):
         g.close()
     return out
