@@ -170,8 +170,15 @@ def figure(result: dict, path: Path) -> None:
 
 
 def commit() -> str:
+    """HEAD, short, with ``+changes`` when the working tree differs from it (outside what this writes)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
+                              timeout=10).stdout.strip()
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or "?"
+        head = git("rev-parse", "--short", "HEAD") or "?"
+        ours = ("bench/results.json", "docs/performance.md", "docs/performance.png")
+        changed = [x for x in git("status", "--porcelain", "--untracked-files=no").splitlines()
+                   if not x.endswith(ours)]
+        return head + ("+changes" if changed else "")
     except (OSError, subprocess.SubprocessError):
         return "?"

@@ -180,8 +180,7 @@ def backends_group(rounds: int, k: int, redis_url: str, pg_url: str) -> tuple[li
             rows.append(make_row(rid, "ledgers", label, status="skipped", note=skipped[name]))
         else:
             rows.append(ratio_row(rid, "ledgers", label, smp, name, "memory", note="one thread, in-process"))
-    # memory is in the decision group's series already
-    return rows, {"cost": [cost(f"authorize+commit ({n})", smp[n]) for n in uris if n in smp and n != "memory"]}
+    return rows, {"cost": [cost(f"ledgers: authorize+commit ({n})", smp[n]) for n in uris if n in smp]}
 
 
 # -- threads ----------------------------------------------------------------------------------------
