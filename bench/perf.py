@@ -46,8 +46,8 @@ GROUPS = ("decision", "ledgers", "workers", "batch", "go")
 
 # Sizes: full run (about 3 minutes on the 2-core reference machine) and --quick (seconds).
 FULL = {"rounds": 150, "k": 10, "counters": 1_000_000, "ledger_rounds": 12, "ledger_k": 40, "thread_rounds": 6,
-        "thread_s": 0.8, "proc_rounds": 5, "proc_s": 1.0, "batch_n": 10_000, "batch_rounds": 2, "go_rounds": 4,
-        "go_s": 0.5, "sqlite_counts": (1, 2, 4), "go_variants": 5}
+        "thread_s": 0.8, "proc_rounds": 5, "proc_s": 1.0, "batch_n": 10_000, "batch_rounds": 2, "go_rounds": 5,
+        "go_s": 0.25, "sqlite_counts": (1, 2, 4), "go_variants": 5}
 QUICK = {"rounds": 2, "k": 5, "counters": 1_000, "ledger_rounds": 1, "ledger_k": 3, "thread_rounds": 1,
          "thread_s": 0.05, "proc_rounds": 1, "proc_s": 0.05, "batch_n": 50, "batch_rounds": 1, "go_rounds": 1,
          "go_s": 0.05, "sqlite_counts": (1, 2), "go_variants": 2}

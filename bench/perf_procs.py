@@ -209,32 +209,38 @@ GO_VARIANTS = {"GOGC=100 (default)": {"GOGC": "100"}, "GOGC=400": {"GOGC": "400"
 
 
 def go_env_group(rounds: int, seconds: float, variants: int = len(GO_VARIANTS)) -> tuple[list[dict], dict]:
-    """One worker per Go setting (the first ``variants``; memory ledger), each measured alone in
-    turn: the cost of one decision (1 thread), and decisions/s with 2 threads (a guard each)."""
+    """One worker per Go setting (the first ``variants``; memory ledger), each measured alone: the
+    time of one decision (1 thread) and decisions/s with 2 threads (a guard each). Each variant is
+    paired with a GOGC=100 measurement taken right next to it (which goes first alternates)."""
     from perf_rows import make_row
 
     names = list(GO_VARIANTS)[:variants]
-    w = Workers([GO_VARIANTS[n] for n in names])  # worker i runs under names[i]
+    w = Workers([GO_VARIANTS[n] for n in names])  # worker i runs under names[i]; 0 is the baseline
+    pairs: dict[str, list[tuple[tuple, tuple, tuple, tuple]]] = {n: [] for n in names[1:]}
     try:
-        one: dict[str, list] = {n: [] for n in names}
-        two: dict[str, list] = {n: [] for n in names}
         w.prepare(list(range(len(names))), "memory", threads=2)
+
+        def sample(i: int) -> tuple[tuple, tuple]:
+            return w.run([i], "memory", seconds), w.run([i], "memory", seconds, threads=2)
+
+        others = list(range(1, len(names)))
         for r in range(rounds):
-            for i in list(range(len(names)))[r % len(names):] + list(range(len(names)))[:r % len(names)]:
-                one[names[i]].append(w.run([i], "memory", seconds))
-                two[names[i]].append(w.run([i], "memory", seconds, threads=2))
+            for i in others[r % len(others):] + others[:r % len(others)]:
+                first, second = (0, i) if r % 2 == 0 else (i, 0)
+                got = {first: sample(first), second: sample(second)}
+                pairs[names[i]].append((*got[i], *got[0]))
     finally:
         w.close()
-    base = names[0]
     rows = []
-    for n in names[1:]:
-        cost_ratio = statistics.median(b[0] / a[0] for a, b in zip(one[n], one[base]))  # time per decision
-        cpu_ratio = statistics.median(a[1] / b[1] for a, b in zip(one[n], one[base]))
-        tp_ratio = statistics.median(a[0] / b[0] for a, b in zip(two[n], two[base]))
-        med = lambda res, k: {"name": k, "wall_us": 1e6 / statistics.median(x[0] for x in res[k]),  # noqa: E731
-                              "cpu_us": statistics.median(x[1] for x in res[k]) * 1e6}
+    for n, ps in pairs.items():
+        # (one, two, base_one, base_two); each a (decisions/s, CPU s per decision)
+        cost_ratio = statistics.median(bo[0] / o[0] for o, _, bo, _ in ps)  # time per decision, variant / base
+        cpu_ratio = statistics.median(o[1] / bo[1] for o, _, bo, _ in ps)
+        tp_ratio = statistics.median(t[0] / bt[0] for _, t, _, bt in ps)
+        med = lambda k, j: {"name": k, "wall_us": 1e6 / statistics.median(p[j][0] for p in ps),  # noqa: E731
+                            "cpu_us": statistics.median(p[j][1] for p in ps) * 1e6}
         rows.append(make_row(f"go_{n.lower().replace('=', '_')}", "go", f"{n} / GOGC=100: time per decision",
-                             ratio=cost_ratio, cpu_ratio=cpu_ratio, num=med(one, n), den=med(one, base),
+                             ratio=cost_ratio, cpu_ratio=cpu_ratio, num=med(n, 0), den=med(names[0], 2),
                              note=f"authorize+commit, memory, 1 thread; 2 threads (a guard each): "
                                   f"{tp_ratio:.2f}x the decisions/s of GOGC=100"))
     return rows, {}
