@@ -46,7 +46,8 @@ from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION,
                    import_refused, key_order, load_book, read_keys, reserve_args, settled_outcome, spent_records,
                    windowed)
 from .options import LedgerOptions, check_seconds, parse_query
-from .sqlite_schema import FORGET, busy as _busy, ensure_schema, read_units, settle_row, transaction, upsert_counters
+from .sqlite_schema import (FORGET, begin_immediate, busy as _busy, ensure_schema, read_units, settle_row,
+                            transaction, upsert_counters)
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _ROW = "keys, amount, before, expires_at, state, settled_amount, late, attempt, book"
@@ -143,7 +144,9 @@ class SqliteLedger(ExportsSpent, ClosesOnExit):
         with self._lock:
             try:
                 conn = self._conn if self._conn is not None else self._connect()
-                with transaction(conn, "BEGIN IMMEDIATE" if write else "BEGIN"):
+                if write:
+                    begin_immediate(conn, self._busy_timeout)
+                with transaction(conn, "BEGIN IMMEDIATE" if write else "BEGIN", begun=write):
                     yield conn.cursor()
             except sqlite3.Error as exc:
                 raise LedgerError(f"sqlite ledger: {self.path}: {exc}") from None

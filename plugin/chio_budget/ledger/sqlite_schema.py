@@ -14,7 +14,9 @@ fails closed on the migrated file (its queries name a column that is gone).
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
+import time
 from contextlib import contextmanager
 from importlib import resources
 from typing import Iterator, Sequence
@@ -58,6 +60,27 @@ def settle_row(cur: sqlite3.Cursor, rid: str, state: str, amount: str, now: floa
     return seq
 
 
+def begin_immediate(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """``BEGIN IMMEDIATE``, waiting for another process's write lock in steps of 0.1-2 ms up to
+    ``busy_timeout`` seconds. SQLite's own busy handler sleeps 1, 2, 5, 10, 15... ms, far longer
+    than a ledger transaction holds the lock, so processes sharing a file would mostly sleep.
+    The connection's busy timeout is back to ``busy_timeout`` for the transaction's statements."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        deadline, pause = time.monotonic() + busy_timeout, 0.0001
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not busy(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause * random.uniform(0.5, 1.5))
+            pause = min(pause * 2, 0.002)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+
+
 def busy(exc: sqlite3.Error) -> bool:
     """SQLITE_BUSY or SQLITE_LOCKED, whatever the extended code."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -83,9 +106,10 @@ def read_units(text: object, what: str, *, cap: bool = True) -> int:
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection, begin: str) -> Iterator[None]:
-    """``begin`` ... ``COMMIT``; anything raised inside rolls back."""
-    conn.execute(begin)
+def transaction(conn: sqlite3.Connection, begin: str, *, begun: bool = False) -> Iterator[None]:
+    """``begin`` (unless the caller already ``begun``) ... ``COMMIT``; anything raised inside rolls back."""
+    if not begun:
+        conn.execute(begin)
     try:
         yield
         conn.execute("COMMIT")
