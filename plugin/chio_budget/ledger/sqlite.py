@@ -46,7 +46,7 @@ from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION,
                    import_refused, key_order, load_book, read_keys, reserve_args, settled_outcome, spent_records,
                    windowed)
 from .options import LedgerOptions, check_seconds, parse_query
-from .sqlite_schema import (FORGET, begin_immediate, busy as _busy, ensure_schema, read_units, settle_row,
+from .sqlite_schema import (FORGET, begin, busy as _busy, ensure_schema, read_units, settle_row,
                             transaction, upsert_counters)
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -130,6 +130,7 @@ class SqliteLedger(ExportsSpent, ClosesOnExit):
                 raise LedgerError(f"sqlite ledger: {self.path}: cannot switch to WAL (journal_mode={mode})")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             ensure_schema(conn, self.path)
+            conn.execute("PRAGMA busy_timeout = 0")  # from here on, _tx waits for locks itself (begin)
         except BaseException:
             conn.close()
             raise
@@ -144,9 +145,8 @@ class SqliteLedger(ExportsSpent, ClosesOnExit):
         with self._lock:
             try:
                 conn = self._conn if self._conn is not None else self._connect()
-                if write:
-                    begin_immediate(conn, self._busy_timeout)
-                with transaction(conn, "BEGIN IMMEDIATE" if write else "BEGIN", begun=write):
+                begin(conn, write, self._busy_timeout)
+                with transaction(conn, "", begun=True):
                     yield conn.cursor()
             except sqlite3.Error as exc:
                 raise LedgerError(f"sqlite ledger: {self.path}: {exc}") from None

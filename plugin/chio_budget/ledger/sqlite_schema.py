@@ -60,25 +60,33 @@ def settle_row(cur: sqlite3.Cursor, rid: str, state: str, amount: str, now: floa
     return seq
 
 
-def begin_immediate(conn: sqlite3.Connection, busy_timeout: float) -> None:
-    """``BEGIN IMMEDIATE``, waiting for another process's write lock in steps of 0.1-2 ms up to
-    ``busy_timeout`` seconds. SQLite's own busy handler sleeps 1, 2, 5, 10, 15... ms, far longer
-    than a ledger transaction holds the lock, so processes sharing a file would mostly sleep.
-    The connection's busy timeout is back to ``busy_timeout`` for the transaction's statements."""
-    conn.execute("PRAGMA busy_timeout = 0")
-    try:
-        deadline, pause = time.monotonic() + busy_timeout, 0.0001
-        while True:
-            try:
+def begin(conn: sqlite3.Connection, write: bool, busy_timeout: float) -> None:
+    """Begin a transaction, waiting for locks in steps of 0.1-2 ms (jittered) up to ``busy_timeout``
+    seconds, then raising SQLite's busy error.
+
+    The ledger's connections run with SQLite's busy timeout at 0, because SQLite's own busy
+    handler sleeps 1, 2, 5, 10, 15... ms, far longer than a ledger transaction holds the lock:
+    processes sharing a file would mostly sleep. In WAL mode only two steps can be busy: taking
+    the write lock (``BEGIN IMMEDIATE``) and taking a read snapshot (the first read after
+    ``BEGIN``, forced here by ``PRAGMA schema_version``); once a transaction holds them, its
+    statements and its ``COMMIT`` are never busy (checkpoints after a commit are passive).
+    """
+    deadline, pause = time.monotonic() + busy_timeout, 0.0001
+    while True:
+        try:
+            if write:
                 conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if not busy(exc) or time.monotonic() + pause > deadline:
-                    raise
-            time.sleep(pause * random.uniform(0.5, 1.5))
-            pause = min(pause * 2, 0.002)
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            else:
+                conn.execute("BEGIN")
+                conn.execute("PRAGMA schema_version").fetchone()
+            return
+        except sqlite3.OperationalError as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if not busy(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause * random.uniform(0.5, 1.5))
+        pause = min(pause * 2, 0.002)
 
 
 def busy(exc: sqlite3.Error) -> bool:
@@ -107,7 +115,7 @@ def read_units(text: object, what: str, *, cap: bool = True) -> int:
 
 @contextmanager
 def transaction(conn: sqlite3.Connection, begin: str, *, begun: bool = False) -> Iterator[None]:
-    """``begin`` (unless the caller already ``begun``) ... ``COMMIT``; anything raised inside rolls back."""
+    """``begin`` (unless the caller has ``begun``) ... ``COMMIT``; anything raised inside rolls back."""
     if not begun:
         conn.execute(begin)
     try:
