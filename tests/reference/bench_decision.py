@@ -31,7 +31,13 @@ VERSIONS = {
     "0f1dbcc": [ROOT / "bench" / "reference" / "decision_0f1dbcc.rego"],
     "pre15": [ROOT / "tests" / "reference" / "decision_pre15.rego", LIVE / "rates.rego"],
     "live": [LIVE / "decision.rego", LIVE / "rates.rego"],
+    "floor": [],  # FLOOR alone: what any decision costs here (bindings, input, output)
 }
+FLOOR = """package chio.budget
+
+decision := {"allow": true, "violations": [], "warnings": [], "policy_id": input.policy_id,
+\t"policy_revision": data.chio.budget.policies[input.policy_id].revision}
+"""
 POLICY = BudgetPolicy.model_validate({"id": "default", "currency": "USD", "max_total": 10**15,
                                       "max_per_session": 10**12, "max_per_agent": 10**12,
                                       "max_per_tool": {"s1:expensive": 500}})
@@ -56,6 +62,8 @@ def engine(files: list[Path]) -> OpaEngine:
     opa = OpaEngine()
     for f in files:
         opa.add_policy(str(f), f.read_text())
+    if not files:
+        opa.add_policy("floor.rego", FLOOR)
     opa.add_data(data_document({POLICY.id: POLICY}))
     return opa
 
@@ -65,7 +73,7 @@ def main() -> None:
     calls = int(sys.argv[2]) if len(sys.argv) > 2 else 400
     engines = {name: engine(files) for name, files in VERSIONS.items()}
     for path, inp in INPUTS.items():  # same answers before timing anything
-        outs = {name: e.eval_document(DOC, inp) for name, e in engines.items()}
+        outs = {name: e.eval_document(DOC, inp) for name, e in engines.items() if name != "floor"}
         assert outs["pre15"] == outs["live"], (path, outs)
         assert outs["0f1dbcc"]["allow"] == outs["live"]["allow"] == (path == "allow")
         assert outs["0f1dbcc"]["violations"] == outs["live"]["violations"]
@@ -83,11 +91,13 @@ def main() -> None:
                         samples[(name, path, c)].append((clock() - t[c]) / calls / 1000)
     med = {k: statistics.median(v) for k, v in samples.items()}
     print(f"{rounds} rounds x {calls} calls, median us per eval_document")
-    print(f"{'path':<12} {'0f1dbcc':>9} {'pre15':>9} {'live':>9}  live/0f1dbcc  live/pre15  pre15/0f1dbcc")
+    print(f"{'path':<12} {'0f1dbcc':>9} {'pre15':>9} {'live':>9} {'floor':>9}  live/0f1dbcc  live/pre15"
+          "  pre15/0f1dbcc  floor/0f1dbcc  (live-floor)/(0f1dbcc-floor)")
     for c in CLOCKS:
         for p in INPUTS:
-            a, b, v = med[("0f1dbcc", p, c)], med[("pre15", p, c)], med[("live", p, c)]
-            print(f"{p + ' ' + c:<12} {a:9.1f} {b:9.1f} {v:9.1f}  {v / a:12.3f}  {v / b:10.3f}  {b / a:13.3f}")
+            a, b, v, f = (med[(n, p, c)] for n in ("0f1dbcc", "pre15", "live", "floor"))
+            print(f"{p + ' ' + c:<12} {a:9.1f} {b:9.1f} {v:9.1f} {f:9.1f}  {v / a:12.3f}  {v / b:10.3f}"
+                  f"  {b / a:13.3f}  {f / a:13.3f}  {(v - f) / (a - f):28.3f}")
     for e in engines.values():
         e.close()
 

@@ -29,14 +29,14 @@ package chio.budget
 #   the guard treats as a deny.
 # entrypoint: true
 decision := {
-	"allow": true,
+	"allow": allow,
 	"violations": [],
 	"warnings": [],
 	"policy_id": input.policy_id,
 	"policy_revision": _policy.revision,
 } if {
 	# The common case, nothing to report: no ordering to work out.
-	count(violation) == 0
+	allow
 	count(warning) == 0
 } else := {
 	"allow": allow,
