@@ -6,7 +6,7 @@ PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q
 # Every extra, so the whole suite runs (the embedded guard alone needs none).
 EXTRAS := dev,redis,postgres,signing,watch,charts,serve
 
-.PHONY: venv test pytest rego-test demo bench clean
+.PHONY: venv test pytest rego-test demo bench bench-scripts clean
 
 venv: $(BIN)/.installed
 
@@ -35,8 +35,15 @@ rego-test: venv
 demo: venv
 	$(BIN)/chio-budget demo
 
+# Every performance target side by side in one run (about 3 minutes; never part of `make test`):
+# prints the table, writes bench/results.json, docs/performance.png and the results section of
+# docs/performance.md (docs/performance.md says how to read it).
 bench: venv
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python bench/perf.py --write-doc
+
+# The older single-topic scripts (each reports; none fails on a number).
+bench-scripts: venv
+	@for b in run engines ledgers replicas chain serve; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .hypothesis

@@ -128,6 +128,29 @@ def test_sqlite_lock_held_too_long_denies(tmp_path):
     ledger.close()
 
 
+def test_sqlite_waits_for_a_writer_that_lets_go_and_reads_beside_it(tmp_path):
+    """The ledger waits for locks itself (SQLite's busy timeout is 0 on its connection, whose
+    handler would sleep 1, 2, 5, 10 ms): a writer is waited for until it lets go, and reads
+    go on beside a writer (WAL)."""
+    path = tmp_path / "l.db"
+    ledger = open_ledger(f"sqlite:///{path}?busy_timeout=10")
+    assert ledger._conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0  # type: ignore[attr-defined]
+    ledger.add([A], 3)
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    letting_go = threading.Timer(0.05, lambda: blocker.execute("ROLLBACK"))
+    letting_go.start()
+    try:
+        assert ledger.totals([A]) == [3], "a read does not wait for the writer"
+        assert ledger.reserve("r1", [A], 1).created
+    finally:
+        letting_go.join()
+        blocker.close()
+    assert ledger.commit("r1").outcome == "committed"
+    assert ledger.totals([A]) == [4]
+    ledger.close()
+
+
 def test_sqlite_open_waits_for_a_writer_on_a_fresh_file(tmp_path):
     """Replicas starting together: one is mid-write on a file not yet in WAL mode while another
     opens it. Switching to WAL must upgrade a read lock, which SQLite refuses at once (no busy

@@ -109,7 +109,8 @@ def test_held_is_exact_past_u64_and_each_undo_gives_back_what_its_do_added(store
     assert ledger.balances([A]) == [Balance(10_005, 0)]
 
 
-_AMOUNT = st.one_of(st.integers(U64_MAX - 2**16, U64_MAX), st.integers(0, 2**16), st.sampled_from([2**63, 2**53 + 1]))
+_AMOUNT = st.one_of(st.integers(U64_MAX - 2**16, U64_MAX), st.integers(0, 2**16), st.sampled_from([2**63, 2**53 + 1]),
+                    st.integers(10**15 - 2**10, 10**15 + 2**10))  # Redis: where short amounts stop being doubles
 _STEPS = st.lists(st.tuples(st.sampled_from(["reserve", "reserve", "release", "commit", "commit_less", "tick", "add"]),
                             _AMOUNT, st.sampled_from([1.0, 100.0])), min_size=1, max_size=10)
 
@@ -391,6 +392,24 @@ def test_exact_past_2_53_and_2_63(store: Store):
     assert ledger.totals([B]) == [U64_MAX - 1]
     assert ledger.commit("r1", 2**63 - 1).amount == 2**63 - 1
     assert ledger.totals([A, B]) == [2**53 + 1, U64_MAX]
+
+
+def test_exact_where_the_redis_scripts_switch_from_doubles_to_digits(store: Store):
+    """The Redis scripts add amounts of up to 15 digits as doubles (exact below 2^53) and longer
+    ones digit by digit: sums and differences across that boundary stay exact."""
+    ledger = store.open()
+    short = 10**15 - 1  # 15 digits
+    assert ledger.add([A], short) == [short]
+    assert ledger.add([A], short) == [2 * short]  # 15 + 15 digits -> 16
+    r = ledger.reserve("r1", [A, B], short)
+    assert r.before == (2 * short, 0)
+    assert ledger.balances([A, B]) == [Balance(2 * short, short), Balance(0, short)]
+    assert ledger.commit("r1", 1).amount == 1
+    assert ledger.balances([A, B]) == [Balance(2 * short + 1, 0), Balance(1, 0)]
+    ledger.reserve("r2", [B], 10**15)  # 16 digits held on a short one
+    assert ledger.release("r2").amount == 10**15
+    assert ledger.balances([B]) == [Balance(1, 0)]
+    assert ledger.adjust(A, -(2 * short)) == (Balance(2 * short + 1, 0), Balance(1, 0))
 
 
 def test_spent_saturates_at_u64_max_and_holds_never_take_it_away(store: Store):

@@ -8,9 +8,10 @@ Promises (on top of the ``Ledger`` contract in ``base.py``):
   and bumps every counter it touches atomically however many replicas call,
   and a late commit is posted by exactly one of them.
 - Exact amounts. Redis integers are signed 64-bit and Lua numbers are doubles
-  (exact only to 2^53), so neither INCRBY nor Lua arithmetic touches money:
-  amounts are canonical decimal strings added digit by digit in the scripts
-  (``spent`` saturating at 2^64-1, ``held`` uncapped).
+  (exact only to 2^53), so INCRBY never touches money: amounts are canonical
+  decimal strings, added in the scripts as doubles only while both have at
+  most 15 digits (every such sum is below 2^53, so exact), digit by digit
+  otherwise (``spent`` saturating at 2^64-1, ``held`` uncapped).
 - Expiry works across replicas: held reservations sit in a sorted set
   scored by expiry, and every script first gives back the ones that are due
   (up to 1,000 per call; ``expire()`` loops). Time is the Redis server's

@@ -6,9 +6,13 @@ Promises (on top of the ``Ledger`` contract in ``base.py``):
   threads sharing the file are serialised by SQLite's write lock: a
   reservation reads and bumps every counter it touches before anyone else
   can, and a late commit is posted by exactly one of the processes that try.
+  Few statements per transaction: ``reserve`` reads every counter it needs
+  in one SELECT and writes them in one multi-row upsert; ``commit`` settles
+  with one ``UPDATE ... RETURNING`` (7 and 8 statements with BEGIN/COMMIT).
 - A committed amount is on disk when ``commit`` returns (WAL; with the
-  default ``synchronous=FULL`` it also survives power loss, with ``NORMAL``
-  it survives ``kill -9`` of the process). A process killed mid-operation
+  default ``synchronous=FULL`` it also survives power loss or an OS crash;
+  with ``NORMAL`` it survives ``kill -9`` of the process, but power loss may
+  take the last transactions committed before it: see docs/ledgers.md). A process killed mid-operation
   leaves the transaction rolled back: no reservation is ever counted twice,
   and a reservation whose holder died is given back when its TTL passes.
 - Amounts are canonical decimal TEXT (SQLite's INTEGER is signed 64-bit),
@@ -42,13 +46,12 @@ from .base import (ClosesOnExit, DEFAULT_SETTLED_MAX, DEFAULT_SETTLED_RETENTION,
                    import_refused, key_order, load_book, read_keys, reserve_args, settled_outcome, spent_records,
                    windowed)
 from .options import LedgerOptions, check_seconds, parse_query
-from .sqlite_schema import ensure_schema, read_units, transaction
+from .sqlite_schema import (FORGET, begin, busy as _busy, ensure_schema, read_units, settle_row,
+                            transaction, upsert_counters)
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _ROW = "keys, amount, before, expires_at, state, settled_amount, late, attempt, book"
 _PAGE = 1000  # counters() reads this many per transaction
-_UPSERT = ("INSERT INTO counters (key, spent, held) VALUES (?, ?, ?) "
-           "ON CONFLICT (key) DO UPDATE SET spent = excluded.spent, held = excluded.held")
 
 
 class SqliteLedger(ExportsSpent, ClosesOnExit):
@@ -127,6 +130,7 @@ class SqliteLedger(ExportsSpent, ClosesOnExit):
                 raise LedgerError(f"sqlite ledger: {self.path}: cannot switch to WAL (journal_mode={mode})")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             ensure_schema(conn, self.path)
+            conn.execute("PRAGMA busy_timeout = 0")  # from here on, _tx waits for locks itself (begin)
         except BaseException:
             conn.close()
             raise
@@ -141,7 +145,8 @@ class SqliteLedger(ExportsSpent, ClosesOnExit):
         with self._lock:
             try:
                 conn = self._conn if self._conn is not None else self._connect()
-                with transaction(conn, "BEGIN IMMEDIATE" if write else "BEGIN"):
+                begin(conn, write, self._busy_timeout)
+                with transaction(conn, "", begun=True):
                     yield conn.cursor()
             except sqlite3.Error as exc:
                 raise LedgerError(f"sqlite ledger: {self.path}: {exc}") from None
@@ -162,18 +167,23 @@ class SqliteLedger(ExportsSpent, ClosesOnExit):
         totals = {k: min(s + h, U64_MAX) for k, (s, h) in zip(every, self._balances(cur, every))}
         return [windowed(totals, k, reads) for k in keys]
 
-    def _change(self, cur: sqlite3.Cursor, keys: Sequence[str], spend: int = 0, hold: int = 0) -> list[int]:
-        """``spent += spend`` (saturating), ``held += hold`` (exact, >= 0) on each key; the new totals."""
-        new = [(min(s + spend, U64_MAX), max(h + hold, 0)) for s, h in self._balances(cur, keys)]
-        cur.executemany(_UPSERT, [(k, str(s), str(h)) for k, (s, h) in zip(keys, new)])
+    def _change(self, cur: sqlite3.Cursor, keys: Sequence[str], spend: int = 0, hold: int = 0,
+                found: Sequence[tuple[int, int]] | None = None) -> list[int]:
+        """``spent += spend`` (saturating), ``held += hold`` (exact, >= 0) on each (distinct) key, whose
+        balances are ``found`` when already read in this transaction; the new totals."""
+        new = [(min(s + spend, U64_MAX), max(h + hold, 0)) for s, h in found or self._balances(cur, keys)]
+        upsert_counters(cur, [(k, s, h) for k, (s, h) in zip(keys, new)])
         return [min(s + h, U64_MAX) for s, h in new]
 
     def _settle(self, cur: sqlite3.Cursor, rid: str, state: str, amount: int, now: float, late: bool = False) -> None:
-        seq = cur.execute("SELECT coalesce(max(settle_seq), 0) + 1 FROM reservations WHERE state != 'held'").fetchone()[0]
-        cur.execute("UPDATE reservations SET state = ?, settled_amount = ?, settled_at = ?, settle_seq = ?, late = ? "
-                    "WHERE receipt_id = ?", (state, str(amount), now, seq, int(late), rid))
-        cur.execute("DELETE FROM reservations WHERE state != 'held' AND settle_seq <= ?",
-                    (seq - self.options.settled_max,))
+        """Settle, then forget settled receipts beyond ``settled_max`` and past the retention."""
+        seq = settle_row(cur, rid, state, str(amount), now, late)
+        self._forget(cur, now, seq)
+
+    def _forget(self, cur: sqlite3.Cursor, now: float, seq: int) -> None:
+        """Delete settled receipts past the retention (1,000 at most) or beyond ``settled_max``
+        (``seq``: the latest settle). Only settling adds them, so pruning here bounds them."""
+        cur.execute(FORGET, (now - self.options.settled_retention, seq - self.options.settled_max))
 
     def _sweep(self, cur: sqlite3.Cursor) -> tuple[float, list[str]]:
         """Expire what is due and forget settled receipts past retention; ``(now, expired ids)``."""
@@ -184,9 +194,6 @@ class SqliteLedger(ExportsSpent, ClosesOnExit):
             units = read_units(amount, "reservation amount")
             self._change(cur, json.loads(keys), hold=-units)
             self._settle(cur, rid, "expired", units, now)
-        cur.execute("DELETE FROM reservations WHERE receipt_id IN (SELECT receipt_id FROM reservations "
-                    "WHERE state != 'held' AND settled_at < ? ORDER BY settled_at LIMIT 1000)",
-                    (now - self.options.settled_retention,))
         return now, [rid for rid, _, _ in gone]
 
     def _row(self, cur: sqlite3.Cursor, receipt_id: str, now: float) -> Any:
@@ -228,10 +235,14 @@ class SqliteLedger(ExportsSpent, ClosesOnExit):
             row = self._row(cur, receipt_id, now)
             if row is not None:
                 return self._reservation(receipt_id, row, created=False)
-            cur.execute("DELETE FROM reservations WHERE receipt_id = ?", (receipt_id,))  # forgotten: reuse the id
-            before = self._windowed(cur, keys, reads)
-            self._change(cur, keys, hold=cost)
-            cur.execute(f"INSERT INTO reservations (receipt_id, {_ROW}) VALUES (?, ?, ?, ?, ?, 'held', NULL, 0, ?, ?)",
+            every = read_keys(keys, reads)  # one SELECT: the totals before, and the balances to change
+            found = dict(zip(every, self._balances(cur, every)))
+            totals = {k: min(s + h, U64_MAX) for k, (s, h) in found.items()}
+            before = [windowed(totals, k, reads) for k in keys]
+            self._change(cur, keys, hold=cost, found=[found[k] for k in keys])
+            # REPLACE: a forgotten record of the same id (past its retention, not yet pruned) is reused
+            cur.execute(f"INSERT OR REPLACE INTO reservations (receipt_id, {_ROW}) "
+                        "VALUES (?, ?, ?, ?, ?, 'held', NULL, 0, ?, ?)",
                         (receipt_id, json.dumps(keys), str(cost), json.dumps([str(b) for b in before]), now + ttl,
                          attempt, book_text))
             return Reservation(receipt_id, keys, cost, tuple(before), now + ttl, True, "held", load_book(book_text),
@@ -294,8 +305,11 @@ class SqliteLedger(ExportsSpent, ClosesOnExit):
 
     def expire(self) -> list[str]:
         with self._tx() as cur:
-            self._forget_marks(cur, self._clock())
-            return self._sweep(cur)[1]
+            now = self._clock()
+            self._forget_marks(cur, now)
+            gone = self._sweep(cur)[1]
+            self._forget(cur, now, 0)  # past the retention (settled_max is kept by every settle)
+            return gone
 
     # -- extensions --------------------------------------------------------------
 
@@ -337,7 +351,7 @@ class SqliteLedger(ExportsSpent, ClosesOnExit):
             spent, held = self._balances(cur, [key])[0]
             after = clamp_spent(spent + delta)
             if after != spent:
-                cur.execute(_UPSERT, (key, str(after), str(held)))
+                upsert_counters(cur, [(key, after, held)])
             return Balance(spent, held), Balance(after, held)
 
     def reset(self, keys: Sequence[str]) -> list[Balance]:
@@ -358,8 +372,7 @@ class SqliteLedger(ExportsSpent, ClosesOnExit):
             if held is not None and not merge:
                 raise import_refused(held[0])
             keys = list(amounts)
-            cur.executemany(_UPSERT, [(k, str(min(s + amounts[k], U64_MAX)), str(h))
-                                      for k, (s, h) in zip(keys, self._balances(cur, keys))])
+            upsert_counters(cur, [(k, min(s + amounts[k], U64_MAX), h) for k, (s, h) in zip(keys, self._balances(cur, keys))])
             return len(amounts)
 
     def open_reservations(self) -> int:
@@ -379,10 +392,3 @@ class SqliteLedger(ExportsSpent, ClosesOnExit):
     def __repr__(self) -> str:
         return f"SqliteLedger({str(self.path)!r})"
 
-
-def _busy(exc: sqlite3.Error) -> bool:
-    """SQLITE_BUSY or SQLITE_LOCKED, whatever the extended code."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is None:
-        return "locked" in str(exc) or "busy" in str(exc)
-    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)

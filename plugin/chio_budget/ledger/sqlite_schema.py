@@ -1,4 +1,5 @@
-"""The SQLite ledger's file format: create schema 2, or migrate schema 1 to it, on open.
+"""The SQLite ledger's file format: create schema 2, or migrate schema 1 to it, on open;
+and the few statements of the ledger's hot path (``upsert_counters``, ``settle_row``, ``FORGET``).
 
 The schema is package data (``sql/schema.sql``, ``sql/migrate_v1.sql``).
 Migration runs in one ``BEGIN IMMEDIATE`` transaction, so it happens once
@@ -13,15 +14,87 @@ fails closed on the migrated file (its queries name a column that is gone).
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
+import time
 from contextlib import contextmanager
 from importlib import resources
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from ..errors import LedgerError
 from ..money import U64_MAX
 
 SCHEMA_VERSION = 2
+
+# -- statements of the ledger's hot path (sqlite.py), few per transaction ------------------------
+
+_UPSERT = ("INSERT INTO counters (key, spent, held) VALUES {} "
+           "ON CONFLICT (key) DO UPDATE SET spent = excluded.spent, held = excluded.held")
+_ROWS = 300  # counters per upsert statement (3 parameters each; SQLite bounds the number of parameters)
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)  # UPDATE ... RETURNING
+_SEQ = "(SELECT coalesce(max(settle_seq), 0) + 1 FROM reservations WHERE state != 'held')"
+_SETTLE = "UPDATE reservations SET state = ?, settled_amount = ?, settled_at = ?, late = ?, settle_seq = {} " \
+          "WHERE receipt_id = ?"
+FORGET = ("DELETE FROM reservations WHERE receipt_id IN (SELECT receipt_id FROM (SELECT receipt_id FROM reservations "
+          "WHERE state != 'held' AND settled_at < ? ORDER BY settled_at LIMIT 1000) "
+          "UNION ALL SELECT receipt_id FROM reservations WHERE state != 'held' AND settle_seq <= ?)")
+"""Forget settled receipts settled before a time (1,000 at most) or with ``settle_seq`` at most a bound."""
+
+
+def upsert_counters(cur: sqlite3.Cursor, rows: Sequence[tuple[str, int, int]]) -> None:
+    """Write ``(key, spent, held)`` rows: one statement per ``_ROWS`` counters (SQLite caches it)."""
+    for i in range(0, len(rows), _ROWS):
+        batch = rows[i:i + _ROWS]
+        cur.execute(_UPSERT.format(",".join(["(?, ?, ?)"] * len(batch))),
+                    [x for k, s, h in batch for x in (k, str(s), str(h))])
+
+
+def settle_row(cur: sqlite3.Cursor, rid: str, state: str, amount: str, now: float, late: bool) -> int:
+    """Mark a reservation settled with the next ``settle_seq``; that seq. One statement where
+    SQLite has ``RETURNING`` (3.35+), two before."""
+    if _RETURNING:
+        return cur.execute(_SETTLE.format(_SEQ) + " RETURNING settle_seq",
+                           (state, amount, now, int(late), rid)).fetchone()[0]
+    seq = cur.execute(f"SELECT {_SEQ}").fetchone()[0]
+    cur.execute(_SETTLE.format("?"), (state, amount, now, int(late), seq, rid))
+    return seq
+
+
+def begin(conn: sqlite3.Connection, write: bool, busy_timeout: float) -> None:
+    """Begin a transaction, waiting for locks in steps of 0.1-2 ms (jittered) up to ``busy_timeout``
+    seconds, then raising SQLite's busy error.
+
+    The ledger's connections run with SQLite's busy timeout at 0, because SQLite's own busy
+    handler sleeps 1, 2, 5, 10, 15... ms, far longer than a ledger transaction holds the lock:
+    processes sharing a file would mostly sleep. In WAL mode only two steps can be busy: taking
+    the write lock (``BEGIN IMMEDIATE``) and taking a read snapshot (the first read after
+    ``BEGIN``, forced here by ``PRAGMA schema_version``); once a transaction holds them, its
+    statements and its ``COMMIT`` are never busy (checkpoints after a commit are passive).
+    """
+    deadline, pause = time.monotonic() + busy_timeout, 0.0001
+    while True:
+        try:
+            if write:
+                conn.execute("BEGIN IMMEDIATE")
+            else:
+                conn.execute("BEGIN")
+                conn.execute("PRAGMA schema_version").fetchone()
+            return
+        except sqlite3.OperationalError as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if not busy(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause * random.uniform(0.5, 1.5))
+        pause = min(pause * 2, 0.002)
+
+
+def busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED, whatever the extended code."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return "locked" in str(exc) or "busy" in str(exc)
+    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _statements(name: str) -> list[str]:
@@ -41,9 +114,10 @@ def read_units(text: object, what: str, *, cap: bool = True) -> int:
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection, begin: str) -> Iterator[None]:
-    """``begin`` ... ``COMMIT``; anything raised inside rolls back."""
-    conn.execute(begin)
+def transaction(conn: sqlite3.Connection, begin: str, *, begun: bool = False) -> Iterator[None]:
+    """``begin`` (unless the caller has ``begun``) ... ``COMMIT``; anything raised inside rolls back."""
+    if not begun:
+        conn.execute(begin)
     try:
         yield
         conn.execute("COMMIT")

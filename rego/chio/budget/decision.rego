@@ -10,7 +10,9 @@
 #   (the guard sends that window's counter and when it resets), and soft
 #   limits (warn_at) that warn without denying. Extend the policy by adding a
 #   file to this package that contributes to the `violation` (deny) or
-#   `warning` sets.
+#   `warning` sets. For speed, the guard's own input under a policy without
+#   windows or warn_at takes a short path; it decides exactly as the general
+#   one (tests/test_decision_equivalence.py).
 # authors:
 #   - chio-budget-guard maintainers
 package chio.budget
@@ -27,6 +29,16 @@ package chio.budget
 #   the guard treats as a deny.
 # entrypoint: true
 decision := {
+	"allow": allow,
+	"violations": [],
+	"warnings": [],
+	"policy_id": input.policy_id,
+	"policy_revision": _policy.revision,
+} if {
+	# The common case, nothing to report: no ordering to work out.
+	allow
+	count(warning) == 0
+} else := {
 	"allow": allow,
 	"violations": _ordered_violations,
 	"warnings": _ordered_warnings,
@@ -48,7 +60,183 @@ _policy := data.chio.budget.policies[input.policy_id]
 _requested := input.cost.units
 
 # u64::MAX: the Rust enforcer's counters saturate here instead of wrapping.
+# Rust's `current.saturating_add(requested) > limit` is, exactly,
+# `current + requested > limit` and `limit < u64::MAX`: OPA numbers are
+# arbitrary precision (no sum near 2^64 is rounded), and a saturated sum is
+# never above u64::MAX.
 _u64_max := 18446744073709551615
+
+# METADATA
+# title: Violations
+# description: >-
+#   Partial set of reasons to deny. Objects with a `scope`; the built-in
+#   scopes carry the numbers that explain them (a windowed limit's also
+#   "window" and "resets_at"). Other files may add more, e.g.
+#   {"scope": "custom", "code": "...", "message": "..."}.
+# scope: document
+violation contains v if {
+	not _quiet
+	some v in _budget_violation
+}
+
+# How this file decides, cheaply for the common case (OPA evaluates every
+# rule of a set, so the number of rules on the allow path is its cost):
+#
+# - `_budget_violation` holds this file's reasons to deny; `violation` takes
+#   them through the one rule above, which `_quiet` stops at once for a
+#   request that meets every limit.
+# - The plain path (`_plain`): a policy without windows or warning
+#   thresholds, and an input of the shape the guard builds, checked at
+#   once. One short rule per limit, as in the Rust enforcer.
+# - The general path: everything else - windowed and soft limits, and any
+#   input the guard did not build (each of its problems named).
+#
+# Both paths give the same objects for the same input:
+# tests/test_decision_equivalence.py compares this file with the single-path
+# version it replaced (tests/reference/decision_pre15.rego).
+
+# -- The common case: one check -----------------------------------------------
+
+# A plain request in the policy currency that meets the per-call cap and
+# every limit that applies: no rule of `_budget_violation` can hold. One
+# body, no arithmetic it can skip (OPA takes microseconds an expression):
+# `current <= limit - requested` is `current + requested <= limit` for
+# numbers, and holds for a null counter (null sorts before numbers), which
+# `_plain` allows only where no limit applies or the session is null. A
+# limit that does not exist defaults to one no plain counter can reach.
+_quiet if {
+	_plain
+	p := _policy
+	t := input.totals
+	r := input.cost.units
+	none := 100000000000000000000 # above any plain counter (< 10^19) plus any plain cost (< 10^19)
+	r <= object.get(p, "max_per_invocation", r)
+	t.total <= p.max_total - r
+	t.session <= object.get(p, "max_per_session", none) - r
+	t.agent <= object.get(p, "max_per_agent", none) - r
+	t.tool <= object.get(p, ["max_per_tool", input.request.tool_key], none) - r
+}
+
+# -- The plain path -----------------------------------------------------------
+
+# The guard's input, checked at once: the cost and every counter a whole
+# number of at most 19 digits (below 2^64, where the general path's floor()
+# is exact) or null, as JSON; the ids strings; no limit that applies
+# without its counter; and a policy without windows or warn_at. It implies
+# `_input_ok`. An input that fails it is judged by the general path, so it
+# decides nothing the general path would decide otherwise.
+_plain if {
+	not _policy.windows
+	not _policy.warn_at
+	input.cost.currency == _policy.currency
+	is_string(input.request.agent_id)
+	is_string(input.request.tool_key)
+	regex.match(
+		# `[units, {"agent": n, "session": n, "tool": n, "total": n}]`, each
+		# n digits or null (json.marshal sorts the keys).
+		`^\[\d{1,19},\{"agent":(\d{1,19}|null),"session":(\d{1,19}|null),"tool":(\d{1,19}|null),"total":\d{1,19}\}\]$`,
+		json.marshal([input.cost.units, input.totals]),
+	)
+	not _counter_missing
+}
+
+# (Each body opens with `input... == null`: OPA's rule index skips a body
+# whose counter is not null without evaluating it.)
+_counter_missing if {
+	input.totals.session == null
+	input.request.session_id != null
+	_policy.max_per_session
+}
+
+_counter_missing if {
+	input.totals.agent == null
+	_policy.max_per_agent
+}
+
+_counter_missing if {
+	input.totals.tool == null
+	_policy.max_per_tool[input.request.tool_key]
+}
+
+# The plain path's limits: one rule each, as in the Rust enforcer.
+_budget_violation contains v if {
+	_plain
+	some v in _plain_violation
+}
+
+_plain_violation contains {
+	"scope": "total",
+	"limit_units": limit,
+	"current_units": input.totals.total,
+	"requested_units": input.cost.units,
+	"currency": _policy.currency,
+} if {
+	limit := _policy.max_total
+	input.totals.total + input.cost.units > limit
+	limit < _u64_max
+}
+
+_plain_violation contains {
+	"scope": "session",
+	"session_id": input.request.session_id,
+	"limit_units": limit,
+	"current_units": input.totals.session,
+	"requested_units": input.cost.units,
+	"currency": _policy.currency,
+} if {
+	input.request.session_id != null
+	limit := _policy.max_per_session
+	input.totals.session + input.cost.units > limit
+	limit < _u64_max
+}
+
+_plain_violation contains {
+	"scope": "agent",
+	"agent_id": input.request.agent_id,
+	"limit_units": limit,
+	"current_units": input.totals.agent,
+	"requested_units": input.cost.units,
+	"currency": _policy.currency,
+} if {
+	limit := _policy.max_per_agent
+	input.totals.agent + input.cost.units > limit
+	limit < _u64_max
+}
+
+_plain_violation contains {
+	"scope": "tool",
+	"tool_key": input.request.tool_key,
+	"limit_units": limit,
+	"current_units": input.totals.tool,
+	"requested_units": input.cost.units,
+	"currency": _policy.currency,
+} if {
+	limit := _policy.max_per_tool[input.request.tool_key]
+	input.totals.tool + input.cost.units > limit
+	limit < _u64_max
+}
+
+# -- Both paths -----------------------------------------------------------------
+
+# The per-call cap (the grant's max_cost_per_invocation as policy data): one
+# call may not cost more, whatever has been spent.
+_budget_violation contains {
+	"scope": "invocation",
+	"limit_units": cap,
+	"requested_units": _requested,
+	"currency": _policy.currency,
+} if {
+	cap := _policy.max_per_invocation
+	_input_ok
+	_requested > cap
+}
+
+# -- The general path -----------------------------------------------------------
+
+_budget_violation contains v if {
+	not _plain
+	some v in _general_violation
+}
 
 # The limits that apply to this request, by scope: the limit's units and the
 # field that says whose counter it is (as in the Rust violation; total has
@@ -88,10 +276,10 @@ _tool_warn_at["tool"] := _policy.warn_at.tool[input.request.tool_key]
 # The scopes whose limit applies to this request.
 _applies := object.keys(_limit)
 
-# Rust's `current.saturating_add(requested)`, per scope, worked out once:
-# exact (OPA numbers are arbitrary precision, so no sum near 2^64 is rounded)
-# and only on a well-formed input (arithmetic on a string would be an error).
-_after[scope] := min([input.totals[scope] + _requested, _u64_max]) if {
+# current + requested, per scope, worked out once (compared below with the
+# saturation spelled out) and only on a well-formed input (arithmetic on a
+# string would be an error).
+_after[scope] := input.totals[scope] + _requested if {
 	_input_ok
 	some scope, _ in _limit
 }
@@ -116,35 +304,16 @@ _window_fields[scope] := {"window": window.kind, "resets_at": input.windows[scop
 	some scope, window in _window
 }
 
-# METADATA
-# title: Violations
-# description: >-
-#   Partial set of reasons to deny. Objects with a `scope`; the built-in
-#   scopes carry the numbers that explain them (a windowed limit's also
-#   "window" and "resets_at"). Other files may add more, e.g.
-#   {"scope": "custom", "code": "...", "message": "..."}.
-# scope: document
-violation contains v if {
+_general_violation contains _report[scope] if {
 	some scope, limit in _limit
 	_after[scope] > limit.units
-	v := _report[scope]
-}
-
-# The per-call cap (the grant's max_cost_per_invocation as policy data): one
-# call may not cost more, whatever has been spent.
-violation contains {
-	"scope": "invocation",
-	"limit_units": _policy.max_per_invocation,
-	"requested_units": _requested,
-	"currency": _policy.currency,
-} if {
-	_input_ok
-	_requested > _policy.max_per_invocation
+	limit.units < _u64_max
 }
 
 # A cost the guard did not convert into the policy currency cannot be
-# compared with its limits: deny rather than compare yen with cents.
-violation contains {
+# compared with its limits: deny rather than compare yen with cents. (The
+# plain path requires the policy currency.)
+_general_violation contains {
 	"scope": "custom",
 	"code": "currency_mismatch",
 	"message": sprintf("cost is in %s but policy %s is in %s", [input.cost.currency, input.policy_id, _policy.currency]),
@@ -155,7 +324,7 @@ violation contains {
 # An input the guard did not build in full (a direct caller of OPA's API, a
 # missing counter) cannot be judged: a missing number must deny, never read
 # as "no limit applies".
-violation contains {"scope": "custom", "code": "invalid_input", "message": problem} if {
+_general_violation contains {"scope": "custom", "code": "invalid_input", "message": problem} if {
 	not _input_ok
 	some problem in _input_problems
 }
@@ -166,16 +335,22 @@ violation contains {"scope": "custom", "code": "invalid_input", "message": probl
 #   Soft limits: one entry per threshold of a limit's warn_at that
 #   current + requested reaches ((current + requested) * 10000 >= bps * limit),
 #   with the limit's violation fields plus "threshold" (0.8). Warnings never
-#   deny. Other files may add more.
+#   deny. Only a policy with warn_at has any (so never on the plain path).
+#   Other files may add more.
 warning contains w if {
+	_policy.warn_at
 	some scope, after in _after
 	some threshold in _warn_at[scope]
 	after >= threshold.units
+	threshold.units <= _u64_max
 	w := object.union(_report[scope], {"threshold": threshold.bps / 10000})
 }
 
-# The fast path: one rule that holds for every input the guard builds, so
-# the per-field problems below are only worked out for a bad input.
+# One rule that holds for every input the guard builds, so the per-field
+# problems below are only worked out for a bad input. `_plain` implies it
+# and is cheaper, so it is tried first.
+_input_ok if _plain
+
 _input_ok if {
 	_is_units(input.cost.units)
 	is_string(input.cost.currency)
@@ -277,14 +452,22 @@ _is_units(x) if {
 
 _builtin_scopes := ["invocation", "total", "session", "agent", "tool"]
 
-_ordered_violations := array.concat(
+# Ordered as the decision reports them (none and one need no sorting).
+_ordered_violations := [v] if {
+	count(violation) == 1
+	some v in violation
+} else := [] if {
+	count(violation) == 0
+} else := array.concat(
 	[v | some scope in _builtin_scopes; some v in violation; v.scope == scope],
 	[v | some v in violation; not v.scope in _builtin_scopes],
 )
 
 # Warnings in the same order; within a scope by threshold (a set iterates
 # in sorted order, and two warnings of one scope differ only there).
-_ordered_warnings := array.concat(
+_ordered_warnings := [] if {
+	count(warning) == 0
+} else := array.concat(
 	[w | some scope in _builtin_scopes; some w in warning; w.scope == scope],
 	[w | some w in warning; not _builtin(w, _builtin_scopes)],
 )

@@ -309,3 +309,28 @@ test_missing_request_ids_deny if {
 	d.allow == false
 	{v.message | some v in d.violations} == {"request.agent_id must be a string", "request.tool_key must be a string"}
 }
+
+# The plain path (a policy without windows or warn_at, the guard's input) and
+# the general one give the same violations; these pin where they meet.
+test_per_call_cap_on_a_plain_policy_reports_first if {
+	p := {"default": object.union(_policies.default, {"max_per_invocation": 150})}
+	d := budget.decision with input as _input(200, {"total": 9900, "session": 0, "agent": 0, "tool": 0})
+		with data.chio.budget.policies as p
+	[v.scope | some v in d.violations] == ["invocation", "total"]
+	d.violations[0] == {"scope": "invocation", "limit_units": 150, "requested_units": 200, "currency": "USD"}
+}
+
+test_counters_past_19_digits_are_judged_exactly if {
+	# 10^19 is beyond the plain path's check: the general path decides, the same way.
+	big := 10000000000000000000
+	p := {"default": object.union(_policies.default, {"max_total": big + 100})}
+	d := budget.decision with input as _input(101, {"total": big, "session": 0, "agent": 0, "tool": 0})
+		with data.chio.budget.policies as p
+	d.violations == [{
+		"scope": "total", "limit_units": big + 100, "current_units": big,
+		"requested_units": 101, "currency": "USD",
+	}]
+	ok := budget.decision with input as _input(100, {"total": big, "session": 0, "agent": 0, "tool": 0})
+		with data.chio.budget.policies as p
+	ok.allow == true
+}

@@ -5,8 +5,10 @@
 --       8 marks (hash mark -> forgotten-at or ''), 9 mark expiry (zset mark -> forgotten-at);
 --       import.lua adds 10, its staging hash. Every key shares one hash tag (one cluster slot).
 -- ARGV: 1 now ('' = the server's TIME), 2 settled_retention (s), 3 settled_max; op args follow.
--- Money never touches a Lua number (a double, exact only to 2^53): amounts are
--- canonical decimal strings, added and subtracted digit by digit.
+-- Amounts are canonical decimal strings. A Lua number is a double, exact only to 2^53, so only
+-- amounts of at most 15 digits (< 10^15, whose sums stay below 2^53) are added as numbers;
+-- longer ones are added and subtracted digit by digit. Counters are read with one HMGET per
+-- hash and written with one HSET/HDEL per hash (``change``), not one call per counter.
 
 -- Redis < 5 replicates scripts verbatim, which TIME would make non-deterministic;
 -- ask for effects replication there (a no-op on Redis >= 5, the default since).
@@ -35,8 +37,13 @@ local function need_u64(s, what)
   return s
 end
 
+-- Below 10^15 (15 digits) both operands and their sum or difference are exact as doubles
+-- (2^53 ~ 9.007e15), so short amounts take the fast path; longer ones go digit by digit.
+local SHORT = 15
+
 -- a + b, exact (no cap: held sums may pass 2^64-1)
 local function dadd(a, b)
+  if #a <= SHORT and #b <= SHORT then return string.format('%.0f', tonumber(a) + tonumber(b)) end
   local out, i, j, carry = {}, #a, #b, 0
   while i > 0 or j > 0 or carry > 0 do
     local d = carry
@@ -52,6 +59,11 @@ local function cap(s) if cmp(s, U64MAX) > 0 then return U64MAX end return s end
 
 -- max(a - b, 0)
 local function dsub(a, b)
+  if #a <= SHORT and #b <= SHORT then
+    local d = tonumber(a) - tonumber(b)
+    if d <= 0 then return '0' end
+    return string.format('%.0f', d)
+  end
   if cmp(a, b) <= 0 then return '0' end
   local out, i, j, borrow = {}, #a, #b, 0
   while i > 0 do
@@ -65,21 +77,51 @@ local function dsub(a, b)
   return s
 end
 
+local function check_balance(k, s, h)
+  if not is_u64(s) then error('corrupt counter ' .. k .. ' spent: ' .. tostring(s)) end
+  if not is_dec(h) then error('corrupt counter ' .. k .. ' held: ' .. tostring(h)) end
+end
+
 local function balance(k)
   local s = redis.call('HGET', K_SPENT, k) or '0'
   local h = redis.call('HGET', K_HELD, k) or '0'
-  if not is_u64(s) then error('corrupt counter ' .. k .. ' spent: ' .. tostring(s)) end
-  if not is_dec(h) then error('corrupt counter ' .. k .. ' held: ' .. tostring(h)) end
+  check_balance(k, s, h)
   return s, h
+end
+
+local CHUNK = 1000  -- fields per HMGET/HSET/HDEL (unpack has a stack limit)
+
+-- redis.call(cmd, hash, <items[1..]>...) in chunks; a no-op without items
+local function each_chunk(cmd, hash, items, step)
+  for i = 1, #items, CHUNK * step do
+    redis.call(cmd, hash, unpack(items, i, math.min(i + CHUNK * step - 1, #items)))
+  end
+end
+
+-- spent and held of each key (two HMGETs per chunk of keys): two lists in key order
+local function balances_of(keys)
+  local S, H = {}, {}
+  for i = 1, #keys, CHUNK do
+    local last = math.min(i + CHUNK - 1, #keys)
+    local s = redis.call('HMGET', K_SPENT, unpack(keys, i, last))
+    local h = redis.call('HMGET', K_HELD, unpack(keys, i, last))
+    for j = 1, last - i + 1 do
+      local k = keys[i + j - 1]
+      S[i + j - 1], H[i + j - 1] = s[j] or '0', h[j] or '0'
+      check_balance(k, S[i + j - 1], H[i + j - 1])
+    end
+  end
+  return S, H
 end
 
 -- {spent1, held1, spent2, held2, ...} of the keys ARGV[first..]
 local function flat_balances(first)
-  local out = {}
-  for i = first, #ARGV do
-    local s, h = balance(ARGV[i])
-    out[#out + 1] = s
-    out[#out + 1] = h
+  local keys, out = {}, {}
+  for i = first, #ARGV do keys[#keys + 1] = ARGV[i] end
+  local S, H = balances_of(keys)
+  for i = 1, #keys do
+    out[#out + 1] = S[i]
+    out[#out + 1] = H[i]
   end
   return out
 end
@@ -89,26 +131,30 @@ local function set_spent(k, s)
   if s == '0' then redis.call('HDEL', K_SPENT, k) else redis.call('HSET', K_SPENT, k, s) end
 end
 
--- min(spent + held, 2^64-1) of k
-local function total(k)
-  local s, h = balance(k)
-  return cap(dadd(s, h))
-end
-
 -- spent += spend (saturating), held += hold_add, held -= hold_sub (exact, floored at 0);
--- nil leaves that part alone. Returns the new totals min(spent + held, 2^64-1).
-local function change(keys, spend, hold_add, hold_sub)
-  local out = {}
-  for _, k in ipairs(keys) do
-    local s, h = balance(k)
-    if spend then s = cap(dadd(s, spend)); set_spent(k, s) end
+-- nil leaves that part alone. ``keys`` are distinct; S, H their balances when already read
+-- (else read here). Reads and writes are batched: HMGET, then one HSET/HDEL per hash.
+-- Returns the new totals min(spent + held, 2^64-1).
+local function change(keys, spend, hold_add, hold_sub, S, H)
+  if not S then S, H = balances_of(keys) end
+  local out, sset, sdel, hset, hdel = {}, {}, {}, {}, {}
+  for i, k in ipairs(keys) do
+    local s, h = S[i], H[i]
+    if spend then
+      s = cap(dadd(s, spend))
+      if s == '0' then sdel[#sdel + 1] = k else sset[#sset + 1] = k; sset[#sset + 1] = s end
+    end
     if hold_add or hold_sub then
       if hold_add then h = dadd(h, hold_add) end
       if hold_sub then h = dsub(h, hold_sub) end
-      if h == '0' then redis.call('HDEL', K_HELD, k) else redis.call('HSET', K_HELD, k, h) end
+      if h == '0' then hdel[#hdel + 1] = k else hset[#hset + 1] = k; hset[#hset + 1] = h end
     end
-    out[#out + 1] = cap(dadd(s, h))
+    out[i] = cap(dadd(s, h))
   end
+  each_chunk('HSET', K_SPENT, sset, 2)
+  each_chunk('HDEL', K_SPENT, sdel, 1)
+  each_chunk('HSET', K_HELD, hset, 2)
+  each_chunk('HDEL', K_HELD, hdel, 1)
   return out
 end
 
