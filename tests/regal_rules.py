@@ -18,6 +18,8 @@ own parser (``rego.parse_module``) and the source lines:
   listed in ``except-paths`` of the Regal config (``.regal/config.yaml``).
 
 Each check returns ``file:row: rule: message`` strings; empty means clean.
+Regal's inline ignore directive is honoured: ``# regal ignore:<rule>[,<rule>]``
+at the end of the reported line or alone on the line above it.
 """
 
 from __future__ import annotations
@@ -291,6 +293,24 @@ def unresolved_reference(modules: list[Parsed], config: dict, builtins: Builtins
     return out
 
 
+_IGNORE = re.compile(r"#\s*regal\s+ignore:\s*([\w,\s-]+)$")
+
+
+def ignored(module: Parsed, violation: str) -> bool:
+    """Is ``file:row: rule: message`` silenced by a ``# regal ignore:rule`` on that row or alone above it?"""
+    _, row, rule = violation.split(":", 3)[:3]
+    lines = module.src.split("\n")
+    row_i = int(row)
+    candidates = [lines[row_i - 1]] if 0 < row_i <= len(lines) else []
+    if 1 < row_i <= len(lines) + 1 and lines[row_i - 2].lstrip().startswith("#"):
+        candidates.append(lines[row_i - 2])
+    for line in candidates:
+        m = _IGNORE.search(line)
+        if m and rule.strip() in {r.strip() for r in m.group(1).split(",")}:
+            return True
+    return False
+
+
 def regal_config(root: Path) -> dict:
     path = root / ".regal" / "config.yaml"
     return yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}
@@ -304,7 +324,8 @@ def lint(paths: list[Path], root: Path) -> list[str]:
         modules = [parse(opa, p, str(p.relative_to(root)) if p.is_relative_to(root) else str(p)) for p in paths]
         out = []
         for m in modules:
-            out += line_length(m) + external_reference(m, builtins) + with_outside_test_context(m) + ambiguous_scope(m)
+            found = line_length(m) + external_reference(m, builtins) + with_outside_test_context(m) + ambiguous_scope(m)
+            out += [v for v in found if not ignored(m, v)]
         return out + unresolved_reference(modules, regal_config(root), builtins)
     finally:
         opa.close()

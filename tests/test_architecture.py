@@ -31,6 +31,7 @@ TIERS: list[set[str]] = [
     {"conversion", "compiler", "rust_model", "rates_file", "regotest_plan", "ledger"},
     {"actual_cost", "authorization", "engines", "bundle", "decisionlog", "counters", "regotest"},
     {"reload", "soft_limits", "opa_input", "regotest_report"},
+    {"batch"},
     {"guard", "shadow", "chain", "wasm", "chain_settle"},
     {"chain_guard"},
     {"replay", "demo", "cli_rates", "cli_regotest", "cli_bundle", "toolkit", "serve"},

@@ -94,6 +94,24 @@ def test_with_is_only_for_tests(tmp_path):
     assert not any("test_ok" in v or "todo_test" in v for v in bad)
 
 
+def test_regal_ignore_directive_silences_only_the_rule_it_names_on_its_line(tmp_path):
+    bad = lint_source(tmp_path, """
+        package p
+
+        a := y if y := 1 with input as {} # regal ignore:with-outside-test-context
+
+        # regal ignore:with-outside-test-context
+        b := y if y := 1 with input as {}
+
+        c := y if y := 1 with input as {} # regal ignore:line-length
+
+        # a comment, then the rule
+        d := y if y := 1 with input as {}
+    """)
+    assert bad == ["m0.rego:8: with-outside-test-context: `with` in rule c",
+                   "m0.rego:11: with-outside-test-context: `with` in rule d"]
+
+
 def test_unresolved_reference_reaches_rules_packages_or_declared_data(tmp_path):
     sources = ("""
         package lib

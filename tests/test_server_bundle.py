@@ -44,7 +44,8 @@ def test_bundle_layout_is_what_opa_run_bundle_expects(tmp_path, rego_dir):
     write_bundle(POLICIES_DIR, rego_dir, out)
     members = _members(out)
     names = sorted(members)
-    assert names == ["/.manifest", "/chio/budget/data.json", "/chio/budget/decision.rego", "/chio/budget/rates.rego",
+    assert names == ["/.manifest", "/chio/budget/batch.rego", "/chio/budget/data.json", "/chio/budget/decision.rego",
+                     "/chio/budget/rates.rego",
                      "/chio/budget/team.rego"]
     policies = load_policies(POLICIES_DIR)
     manifest = json.loads(members["/.manifest"][1])

@@ -1,32 +1,27 @@
 """The budget guard: counters from a ledger, judgement from OPA.
 
-``check``/``record`` reproduce the Rust ``BudgetEnforcer`` (check decides on
-the current counters without holding anything; record adds spend without
-deciding). ``authorize`` is the safe path under concurrency: it reserves the
-cost first, asks OPA with the counters as they were before the reservation,
-and gives the reservation back at once when denied - so a denied request
-leaves no trace and two requests can never both spend the last unit.
+``check``/``record`` reproduce the Rust ``BudgetEnforcer`` (check decides on the current counters
+without holding anything; record adds spend without deciding). ``authorize`` is the safe path under
+concurrency: it reserves the cost first, asks OPA with the counters as they were before the
+reservation, and gives the reservation back at once when denied - so a denied request leaves no
+trace and two requests can never both spend the last unit.
 
-Fail closed: an engine error or a ``LedgerError`` during a decision is a
-deny with ``Decision.error`` set, and so is every failure on the way out of
-a deny (a release that fails leaves a hold its TTL gives back; it is counted
-in ``orphan_cleanup_failures``). ``record`` raises instead, because silently
-dropping spend would under-count it.
+Fail closed: an engine error or a ``LedgerError`` during a decision is a deny with
+``Decision.error`` set, and so is every failure on the way out of a deny (a release that fails
+leaves a hold its TTL gives back; it is counted in ``orphan_cleanup_failures``). ``record``
+raises instead, because silently dropping spend would under-count it.
 
-Only counters some limit reads are kept (``counter_keys``), and every
-reservation carries the request's ``identity``, so a reused receipt id is
-recognised even when both requests touch the same counters.
+Only counters some limit reads are kept (``counter_keys``), and every reservation carries the
+request's ``identity``, so a reused receipt id is recognised even when both touch the same counters.
 
-A cost may be a ``MonetaryAmount`` in any currency: it is converted into the
-policy currency first (``conversion.convert``, chio-link's rules), and the
-facts of the conversion go into the OPA input, where a missing, stale or
-overflowing rate is a policy deny. The policy, engine and rates form one
-``reload.Loaded`` that each decision reads once, so ``reload()`` can swap a
-new version in while decisions run.
+A cost may be a ``MonetaryAmount`` in any currency: it is converted into the policy currency
+first (``conversion.convert``, chio-link's rules), and the facts of the conversion go into the
+OPA input, where a missing, stale or overflowing rate is a policy deny. The policy, engine and
+rates form one ``reload.Loaded`` that each decision reads once, so ``reload()`` can swap a new
+version in while decisions run. ``check_many`` decides many checks in one query (``batch``).
 
-A windowed limit counts in the window of its request's ``timestamp``
-(``counters``), reservation and commit alike; the Rego decides on it. A
-soft-limit warning is emitted once across processes (``soft_limits``).
+A windowed limit counts in the window of its request's ``timestamp`` (``counters``), reservation
+and commit alike; the Rego decides on it. A soft-limit warning is emitted once across processes.
 """
 
 from __future__ import annotations
@@ -38,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Mapping
 
 from .authorization import Authorization, Cost, Evaluation
+from .batch import check_many
 from .compiler import compile_policy
 from .conversion import Conversion, settle_amount
 from .cost import CostMetadata
@@ -301,6 +297,10 @@ class BudgetGuard:
     def check(self, meta: CostMetadata | Mapping[str, Any], cost_units: Cost) -> Decision:
         """The Rust ``check``: ``evaluate(...).decision``."""
         return self.evaluate(meta, cost_units).decision
+
+    def check_many(self, requests: Iterable[tuple[CostMetadata | Mapping[str, Any], Cost]]) -> list[Decision]:
+        """``[self.check(meta, cost) for meta, cost in requests]``, decided in one engine query (``batch``)."""
+        return check_many(self, requests)
 
     def record(self, meta: CostMetadata | Mapping[str, Any], cost_units: Cost) -> None:
         """Count spend that happened, without deciding (the Rust ``record``).

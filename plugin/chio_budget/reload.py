@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Mapping
 from .compiler import compile_all, revision_of
 from .currencies import DEFAULT_CURRENCIES
 from .decision import Decision
-from .engines import Engine, make_engine
+from .engines import Engine, decide_all, make_engine
 from .errors import ChioBudgetError, PolicyError
 from .policy import BudgetPolicy, load_policies
 from .rates import RateOracle
@@ -84,6 +84,10 @@ class Loaded:
         """The engine's decision, with OPA's own evaluation time where the engine reports one (else None)."""
         measured = getattr(self.engine, "decide_measured", None)
         return measured(inp) if measured is not None else (self.engine.decide(inp), None)
+
+    def decide_many(self, inputs: list[dict[str, Any]]) -> list[Decision]:
+        """The engine's decisions on independent inputs, in one query where it batches (``decide_all``)."""
+        return decide_all(self.engine, inputs)
 
     def enter(self) -> bool:
         """Count a decision in; False once the engine is closed (read the guard's current one again)."""

@@ -7,6 +7,7 @@ request, same cost, and the *same counters* (the ``totals`` the enforced
 decision saw) - so any difference in the answer is a difference in policy,
 not in state. Its decision is logged and diffed; it never changes the verdict
 and never touches a ledger (it does not reserve, record or read counters).
+Shadows that share one engine are judged in one query (``judge_shadows``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .decision import Decision
+from .engines import decide_all
 
 if TYPE_CHECKING:
     from .decisionlog import DecisionLog
@@ -67,29 +69,78 @@ class ShadowPolicy:
     def policy_id(self) -> str:
         return self.policy.id
 
-    def evaluate(self, enforced_input: dict[str, Any], enforced: Decision) -> ShadowResult:
+    def input_for(self, enforced_input: dict[str, Any]) -> dict[str, Any]:
+        """The enforced input, asked of this shadow's policy."""
         inp = dict(enforced_input)
         inp["policy_id"] = self.policy.id
-        t0, opa_ns = time.perf_counter_ns(), None
+        return inp
+
+    def refusal(self, inp: dict[str, Any]) -> Decision | None:
+        """The deny for an input this shadow cannot judge (a cost in another currency), else None."""
         cost = inp.get("cost") or {}
-        if cost.get("currency") != self.policy.currency:
-            d = Decision.deny_error(
-                f"shadow policy currency {self.policy.currency} differs from enforced {cost.get('currency')}",
-                self.policy.id)
-        else:
+        if cost.get("currency") == self.policy.currency:
+            return None
+        return Decision.deny_error(
+            f"shadow policy currency {self.policy.currency} differs from enforced {cost.get('currency')}",
+            self.policy.id)
+
+    def result(self, inp: dict[str, Any], enforced: Decision, d: Decision, eval_ns: int,
+               opa_ns: int | None = None) -> ShadowResult:
+        return ShadowResult(self.policy.id, inp, d, eval_ns, diff_decisions(enforced, d), opa_ns,
+                            getattr(self._guard, "data_revision", None))
+
+    def evaluate(self, enforced_input: dict[str, Any], enforced: Decision) -> ShadowResult:
+        inp = self.input_for(enforced_input)
+        t0, opa_ns = time.perf_counter_ns(), None
+        d = self.refusal(inp)
+        if d is None:
             measured = getattr(self.engine, "decide_measured", None)
             try:
                 d, opa_ns = measured(inp) if measured is not None else (self.engine.decide(inp), None)
             except Exception as exc:  # an engine must not raise; a shadow must never break the call
                 d = Decision.deny_error(f"shadow engine error: {type(exc).__name__}: {exc}", self.policy.id)
-        dt = time.perf_counter_ns() - t0
-        return ShadowResult(self.policy.id, inp, d, dt, diff_decisions(enforced, d), opa_ns,
-                            getattr(self._guard, "data_revision", None))
+        return self.result(inp, enforced, d, time.perf_counter_ns() - t0, opa_ns)
 
     def close(self) -> None:
         close = getattr(self._guard, "close", None)
         if close is not None:
             close()
+
+
+def _together(group: Sequence[ShadowPolicy], enforced_input: dict[str, Any],
+              enforced: Decision) -> list[ShadowResult]:
+    """Shadows sharing one engine, judged in one query (``decide_all``); each is timed at its share."""
+    inputs = [s.input_for(enforced_input) for s in group]
+    refused = [s.refusal(inp) for s, inp in zip(group, inputs)]
+    asked = [i for i, r in enumerate(refused) if r is None]
+    t0 = time.perf_counter_ns()
+    try:
+        decided = decide_all(group[0].engine, [inputs[i] for i in asked])
+    except Exception as exc:  # an engine must not raise; a shadow must never break the call
+        decided = [Decision.deny_error(f"shadow engine error: {type(exc).__name__}: {exc}", group[i].policy.id)
+                   for i in asked]
+    share = (time.perf_counter_ns() - t0) // max(len(asked), 1)
+    found = dict(zip(asked, decided))
+    return [s.result(inp, enforced, refused[i] or found[i], 0 if refused[i] else share)
+            for i, (s, inp) in enumerate(zip(group, inputs))]
+
+
+def judge_shadows(shadows: Sequence[ShadowPolicy], enforced_input: dict[str, Any],
+                  enforced: Decision) -> list[ShadowResult]:
+    """Every shadow's result, in order. Shadows over one engine (say guards from
+    ``reload.Source.load_all``) are judged in one query; a shadow alone on its
+    engine exactly as ``ShadowPolicy.evaluate`` judges it."""
+    by_engine: dict[int, list[int]] = {}
+    for i, s in enumerate(shadows):
+        by_engine.setdefault(id(s.engine), []).append(i)
+    out: list[Any] = [None] * len(shadows)
+    for idx in by_engine.values():
+        group = [shadows[i] for i in idx]
+        results = [group[0].evaluate(enforced_input, enforced)] if len(group) == 1 else \
+            _together(group, enforced_input, enforced)
+        for i, r in zip(idx, results):
+            out[i] = r
+    return out
 
 
 def run_shadows(shadows: Sequence[ShadowPolicy], enforced_input: dict[str, Any], enforced: Decision, *,
@@ -104,9 +155,13 @@ def run_shadows(shadows: Sequence[ShadowPolicy], enforced_input: dict[str, Any],
     or count one is counted in ``decision_log_errors`` and the next shadow
     is judged. ``chio`` (guard name, request id) is copied into each event.
     """
-    for shadow in shadows:
+    try:
+        results = judge_shadows(shadows, enforced_input, enforced)
+    except Exception:  # noqa: BLE001 - never raises: judge them one at a time instead
+        results = [None] * len(shadows)
+    for shadow, judged in zip(shadows, results):
         try:
-            r = shadow.evaluate(enforced_input, enforced)
+            r = judged if judged is not None else shadow.evaluate(enforced_input, enforced)
             if metrics and not r.diff["agree"]:
                 metrics.shadow_disagreements.labels(enforced_policy_id, r.policy_id).inc()
             if decision_log is not None:

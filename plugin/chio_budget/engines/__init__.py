@@ -8,14 +8,14 @@ from typing import Any, Mapping
 from ..compiler import Compiled, as_compiled
 from ..errors import EngineError
 from ..rego_files import default_rego_dir, rego_modules
-from .base import Engine
+from .base import Engine, decide_all
 
-__all__ = ["Engine", "make_engine", "default_rego_dir", "rego_modules"]
+__all__ = ["Engine", "decide_all", "make_engine", "default_rego_dir", "rego_modules"]
 
 
 def make_engine(kind: str, compiled: Compiled | Mapping[str, Any], rego_dir: str | Path | None = None,
                 **options: Any) -> Engine:
-    """``"embedded"`` (default) or ``"server"`` (needs ``opa_url``).
+    """``"embedded"`` (default; option ``pool_size``) or ``"server"`` (needs ``opa_url``).
 
     ``compiled`` is ``compiler.compile_all(policies)``; a whole data
     document (``compiler.data_document``, what this took before) is read
@@ -24,9 +24,10 @@ def make_engine(kind: str, compiled: Compiled | Mapping[str, Any], rego_dir: str
     if kind == "embedded":
         from .embedded import EmbeddedEngine
 
-        if options:
-            raise EngineError(f"embedded engine: unknown option(s) {', '.join(sorted(options))}")
-        return EmbeddedEngine(as_compiled(compiled), rego_dir=rego_dir)
+        unknown = set(options) - {"pool_size"}
+        if unknown:
+            raise EngineError(f"embedded engine: unknown option(s) {', '.join(sorted(unknown))}")
+        return EmbeddedEngine(as_compiled(compiled), rego_dir=rego_dir, pool_size=options.get("pool_size"))
     if kind == "server":
         from .server import ServerEngine
 

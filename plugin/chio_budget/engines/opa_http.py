@@ -44,7 +44,7 @@ from ..compiler import DATA_ROOT, Compiled, revision_of
 from ..errors import EngineError
 from .deadline import Call, CallTimeout, DeadlineExceeded, deadline_pools
 
-__all__ = ["PUSH_PREFIX", "DeadlineExceeded", "cleartext_credentials", "describe_error", "located_errors",
+__all__ = ["PUSH_PREFIX", "DeadlineExceeded", "answered", "cleartext_credentials", "describe_error", "located_errors",
            "make_client", "opa_eval_ns", "policy_ids", "push", "query", "read", "redact", "wait_for_revisions",
            "wait_healthy"]
 
@@ -179,6 +179,11 @@ def located_errors(errors: Any, file_of: Any = None) -> list[str]:
             text = f"{file}:{loc.get('row', 0)}:{loc.get('col', 0)}: {text}"
         out.append(text)
     return out
+
+
+def answered(exc: BaseException) -> bool:
+    """Did OPA answer (an HTTP error status), as opposed to a connection failure or a timeout?"""
+    return isinstance(exc, requests.HTTPError) and exc.response is not None and not isinstance(exc, DeadlineExceeded)
 
 
 def _connection_cause(exc: BaseException) -> str:

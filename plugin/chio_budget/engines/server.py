@@ -26,6 +26,14 @@ Promises:
   for every policy, for at most ``ready_timeout`` seconds; otherwise it
   raises ``EngineError`` saying which of the two never happened. With
   ``push=True`` it first pushes the data and Rego itself.
+* ``decide_many(inputs)`` asks for ``data.chio.budget.batch.decisions``
+  (``rego/chio/budget/batch.rego``) with up to ``batch_size`` inputs a
+  request, each request under one ``timeout``; every answer is judged as
+  ``decide`` judges one (revision check and undefined cause included). A
+  batch the server cannot answer as a batch (no ``batch.rego`` loaded, an
+  HTTP error from an evaluation one input broke) is decided one by one; a
+  connection failure or timeout denies that request's inputs with the
+  cause, as ``decide`` would deny each.
 * Retries (``retries``) apply only to setting up a connection, at once
   (no back-off, so they stay inside the deadline): a decision request that
   reached OPA is never sent twice.
@@ -37,14 +45,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..compiler import DECISION_PATH, Compiled, as_compiled
 from ..decision import Decision
 from ..errors import EngineError
 from ..rego_files import rego_modules
 from . import opa_http
+from .base import BATCH_PATH, batch_input, judge_batch
 from .deadline import Watchdog
+
+#: Inputs per batched request (each request has one ``timeout``).
+BATCH_SIZE = 100
 
 
 class ServerEngine:
@@ -154,6 +166,35 @@ class ServerEngine:
                     f"this guard compiled {want}", policy_id)
         return d
 
+    def decide_many(self, inputs: Sequence[dict[str, Any]]) -> list[Decision]:
+        """``[self.decide(i) for i in inputs]`` in one request per ``BATCH_SIZE`` inputs (module docstring)."""
+        inputs = list(inputs)
+        if len(inputs) < 2:
+            return [self.decide(i) for i in inputs]
+        out: list[Decision] = []
+        for start in range(0, len(inputs), BATCH_SIZE):
+            out += self._decide_batch(inputs[start:start + BATCH_SIZE])
+        return out
+
+    def _decide_batch(self, inputs: list[Any]) -> list[Decision]:
+        try:
+            call = self._watchdog.start()
+        except RuntimeError:  # closed: each is denied as decide denies it
+            return [self.decide(i) for i in inputs]
+        try:
+            try:
+                body = opa_http.query(self._client, BATCH_PATH, batch_input(inputs), call)
+            except Exception as exc:
+                if opa_http.answered(exc):  # OPA refused the batch (say one input broke it): one by one
+                    return [self.decide(i) for i in inputs]
+                cause = f"engine error: {opa_http.describe_error(exc)}"
+                return [Decision.deny_error(cause, _policy_id(i)) for i in inputs]
+            results = body.get("result") if isinstance(body, dict) else None
+            return judge_batch(results, inputs, self.decide,
+                               lambda slot, inp: self._judge(_slot_body(slot), _policy_id(inp), call))
+        finally:
+            call.finish()
+
     def accept_revisions(self, revisions: dict[str, str | None]) -> None:
         """Also accept decisions made on ``revisions`` (``{}``: stop) while a reload switches over.
 
@@ -184,3 +225,13 @@ class ServerEngine:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _policy_id(input: Any) -> str | None:
+    raw = input.get("policy_id") if isinstance(input, dict) else None
+    return raw if isinstance(raw, str) else None
+
+
+def _slot_body(slot: Mapping[str, Any]) -> dict[str, Any]:
+    """A batch slot as the body of a single query: ``{"result": d}``, or ``{}`` when undefined."""
+    return {"result": slot["decision"]} if "decision" in slot else {}
