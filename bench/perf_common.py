@@ -26,14 +26,15 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 REGO_DIR = ROOT / "rego"
 REFERENCE_REGO = ROOT / "bench" / "reference" / "decision_0f1dbcc.rego"
-sys.path[:0] = [str(ROOT / "plugin")]
+sys.path[:0] = [str(ROOT / "plugin"), str(ROOT / "bench" / "reference")]
 
 from opa_bindings import OpaEngine  # noqa: E402
 
 from chio_budget import BudgetGuard, BudgetPolicy, CostMetadata  # noqa: E402
-from chio_budget.compiler import DECISION_PATH, compile_all, revision_of  # noqa: E402
+from chio_budget.compiler import DECISION_PATH, compile_all  # noqa: E402
 from chio_budget.engines.embedded import EmbeddedEngine  # noqa: E402
 from chio_budget.rego_files import rego_modules  # noqa: E402
+from data_0f1dbcc import data_0f1dbcc  # noqa: E402
 
 DOCUMENT = DECISION_PATH.replace("/", ".")
 NA = "n/a (not on this branch)"
@@ -54,17 +55,8 @@ def make_policy(pid: str = "bench", tools: int = 1) -> BudgetPolicy:
 
 
 def reference_data(policy: BudgetPolicy) -> dict[str, Any]:
-    """The data document exactly as commit 0f1dbcc compiled it (plain units, a revision)
-    (``git show 0f1dbcc:plugin/chio_budget/compiler.py``), whatever the live compiler does now."""
-    doc: dict[str, Any] = {"currency": policy.currency, "max_total": policy.max_total.units}
-    if policy.max_per_session is not None:
-        doc["max_per_session"] = policy.max_per_session.units
-    if policy.max_per_agent is not None:
-        doc["max_per_agent"] = policy.max_per_agent.units
-    if policy.max_per_tool:
-        doc["max_per_tool"] = {k: v.units for k, v in sorted(policy.max_per_tool.items())}
-    doc["revision"] = revision_of(doc)
-    return {"chio": {"budget": {"policies": {policy.id: doc}}}}
+    """The data document exactly as commit 0f1dbcc compiled it (``bench/reference/data_0f1dbcc.py``)."""
+    return data_0f1dbcc({policy.id: policy})
 
 
 def raw_opa(modules: dict[str, str], data: dict[str, Any] | None = None) -> OpaEngine:

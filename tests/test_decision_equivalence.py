@@ -17,6 +17,7 @@ loaded with the data document of that commit.
 from __future__ import annotations
 
 import json
+import sys
 from functools import lru_cache
 from typing import Any
 
@@ -24,10 +25,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from opa_bindings import OpaEngine, OpaError, OpaUndefinedError
 
-from chio_budget.compiler import compile_policy, data_document, revision_of
+from chio_budget.compiler import compile_policy, data_document
 from chio_budget.policy import BudgetPolicy
 from decision_cases import CASES
 from support.guards import REGO_DIR, ROOT, U64_MAX, rust_policy
+
+sys.path.insert(0, str(ROOT / "bench" / "reference"))
+from data_0f1dbcc import data_0f1dbcc  # noqa: E402 (frozen beside decision_0f1dbcc.rego)
 
 LIVE = REGO_DIR / "chio" / "budget" / "decision.rego"
 PRE15 = ROOT / "tests" / "reference" / "decision_pre15.rego"
@@ -56,23 +60,6 @@ WINDOWS = {  # what the guard sends for each compiled kind (see decision_cases)
     "daily": {"window": "daily", "key": "d:2026-03-08@Europe/Berlin", "start": 1772924400, "resets_at": 1773010800},
     "rolling": {"window": "rolling", "key": "r:60:1772964000", "start": 1772960400, "resets_at": 1772967659},
 }
-
-
-def data_0f1dbcc(policies: dict[str, BudgetPolicy]) -> dict[str, Any]:
-    """The data document as ``git show 0f1dbcc:plugin/chio_budget/compiler.py`` built it (plain units)."""
-    out = {}
-    for pid in sorted(policies):
-        p = policies[pid]
-        doc: dict[str, Any] = {"currency": p.currency, "max_total": p.max_total.units}
-        if p.max_per_session is not None:
-            doc["max_per_session"] = p.max_per_session.units
-        if p.max_per_agent is not None:
-            doc["max_per_agent"] = p.max_per_agent.units
-        if p.max_per_tool:
-            doc["max_per_tool"] = {k: v.units for k, v in sorted(p.max_per_tool.items())}
-        doc["revision"] = revision_of(doc)
-        out[pid] = doc
-    return {"chio": {"budget": {"policies": out}}}
 
 
 @lru_cache(maxsize=None)
