@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 
 import pytest
 
@@ -13,6 +14,16 @@ from chio_budget.engines.embedded import EmbeddedEngine
 from chio_budget.errors import EngineError
 from chio_budget.reload import Source
 from support.guards import REGO_DIR, make_meta, rust_policy
+
+
+@contextmanager
+def busy(e):
+    """One of ``e``'s instances, held as a decision holds it (taken, given back at the end)."""
+    opa = e._take()
+    try:
+        yield opa
+    finally:
+        e._give(opa)
 
 
 def engine(pool_size=None, policy=None):
@@ -85,7 +96,7 @@ def test_close_closes_every_instance_and_later_decisions_deny():
 
 def test_an_instance_busy_at_close_is_closed_when_its_decision_ends():
     e = engine(1)
-    with e._instance() as opa:
+    with busy(e) as opa:
         e.close()
         assert opa._handle is not None  # still deciding
     assert opa._handle is None
@@ -94,7 +105,7 @@ def test_an_instance_busy_at_close_is_closed_when_its_decision_ends():
 def test_a_waiting_decision_is_denied_when_the_engine_closes():
     e = engine(1)
     out = []
-    with e._instance():
+    with busy(e):
         t = threading.Thread(target=lambda: out.append(e.decide(an_input())))
         t.start()
         t.join(0.2)
@@ -141,11 +152,11 @@ def test_an_instance_that_cannot_be_created_denies_that_decision_and_frees_its_p
     inp = an_input()
     real_new = e._new
     monkeypatch.setattr(e, "_new", lambda: (_ for _ in ()).throw(EngineError("embedded OPA: out of memory")))
-    with e._instance():  # the loaded instance is busy: the next decision must create one
+    with busy(e):  # the loaded instance is busy: the next decision must create one
         d = e.decide(inp)
     assert not d.allow and d.error == "engine error: embedded OPA: out of memory"
     assert e.instances == 1
     monkeypatch.setattr(e, "_new", real_new)
-    with e._instance():
+    with busy(e):
         assert e.decide(inp).allow and e.instances == 2
     e.close()

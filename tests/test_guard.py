@@ -317,6 +317,31 @@ def test_failed_retry_never_releases_the_first_attempts_hold(store: Store):
     assert first.commit().outcome == "committed" and g.total_spent() == 2500
 
 
+def test_attempt_tokens_are_unique_in_a_process_and_across_a_fork():
+    """The attempt token tells a retry's hold from the first attempt's, also between processes
+    sharing a ledger: a forked child must not repeat its parent's tokens."""
+    import os
+
+    from chio_budget.ledger.base import attempt_token
+
+    mine = [attempt_token() for _ in range(10_000)]
+    assert len(set(mine)) == len(mine) and all(len(t) == 32 and int(t, 16) >= 0 for t in mine)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next tokens, to the parent
+        os.write(write, "".join(attempt_token() for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        text = f.read()
+    os.waitpid(pid, 0)
+    theirs = [text[i:i + 32] for i in range(0, len(text), 32)]
+    assert len(theirs) == 100
+    parent_next = [attempt_token() for _ in range(100)]
+    assert not set(theirs) & set(parent_next + mine)
+    assert {t[:16] for t in theirs} != {t[:16] for t in parent_next}
+
+
 def test_failed_cleanup_is_counted_and_reported(store: Store):
     ledger = Faulty(store.open(), reserve_fails="after", release_fails=True)
     g = guard_for(rust_policy(), ledger=ledger)

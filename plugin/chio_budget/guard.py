@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Mapping
 
@@ -42,7 +41,7 @@ from .decision import Decision
 from .engines import Engine
 from .errors import AmountError, LedgerError
 from .ledger import Ledger, Reservation, open_ledger
-from .ledger.base import check_ttl, key_order
+from .ledger.base import attempt_token, check_ttl, key_order
 from .money import MonetaryAmount, U64_MAX, check_units
 from .opa_input import build_input, price
 from .policy import BudgetPolicy
@@ -338,7 +337,7 @@ class BudgetGuard:
         c = request_counters(s.policy, meta, self.tracked)
         keys = c.keys
         ident = self.identity(meta, s.policy)
-        attempt = uuid.uuid4().hex
+        attempt = attempt_token()
         rid = meta.receipt_id
 
         def auth(decision: Decision, amount: int, e: Evaluation | None = None, held: bool = False,

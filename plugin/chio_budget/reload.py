@@ -27,10 +27,9 @@ import hashlib
 import logging
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 from .compiler import compile_all, revision_of
 from .currencies import DEFAULT_CURRENCIES
@@ -100,6 +99,8 @@ class Loaded:
     def leave(self) -> None:
         with self._lock:
             self._inflight -= 1
+            if not self._retired:  # the common case: one lock, nothing to close
+                return
         self._close_when_idle()
 
     def retire(self) -> None:
@@ -116,22 +117,11 @@ class Loaded:
             (self.close_engine or self.engine.close)()
 
     @staticmethod
-    @contextmanager
-    def in_force(current: Callable[[], "Loaded"]) -> Iterator["Loaded"]:
+    def in_force(current: Callable[[], "Loaded"]) -> "InForce":
         """The version ``current()`` names, held for one decision (a reload waits to close it
-        until we leave); when it was closed for good (the guard closed), it is yielded as is
-        and its engine denies."""
-        while True:
-            s = current()
-            if s.enter():
-                break
-            if s is current():
-                yield s
-                return
-        try:
-            yield s
-        finally:
-            s.leave()
+        until we leave); when it was closed for good (the guard closed), it is given as is
+        and its engine denies. A ``with`` block: ``with Loaded.in_force(get) as s: ...``."""
+        return InForce(current)
 
     def close(self) -> None:
         """Close now (the guard is closing)."""
@@ -140,6 +130,30 @@ class Loaded:
                 return
             self._closed = True
         (self.close_engine or self.engine.close)()
+
+
+class InForce:
+    """``Loaded.in_force``: a class, not a generator context manager - it brackets every
+    decision, and this is about a microsecond cheaper."""
+
+    __slots__ = ("_current", "_held")
+
+    def __init__(self, current: Callable[[], Loaded]):
+        self._current = current
+        self._held: Loaded | None = None
+
+    def __enter__(self) -> Loaded:
+        while True:
+            s = self._current()
+            if s.enter():
+                self._held = s
+                return s
+            if s is self._current():
+                return s
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._held is not None:
+            self._held.leave()
 
 
 class SharedClose:

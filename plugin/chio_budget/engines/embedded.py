@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import os
 import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from opa_bindings import OpaEngine, OpaError, OpaUndefinedError
 
@@ -99,9 +98,8 @@ class EmbeddedEngine:
         """How many OPA instances the pool has created so far (at most ``pool_size``)."""
         return self._created
 
-    @contextmanager
-    def _instance(self) -> Iterator[OpaEngine]:
-        """An idle instance (or a new one under the bound, or the next one given back), held for one query."""
+    def _take(self) -> OpaEngine:
+        """An idle instance (or a new one under the bound, or the next one given back), for one query."""
         create = False
         with self._cond:
             while not self._idle:
@@ -113,28 +111,32 @@ class EmbeddedEngine:
                 self._cond.wait()
             if self._closed:
                 raise OpaError("closed", "engine has been closed")
-            opa = None if create else self._idle.pop()
-        if opa is None:
-            try:
-                opa = self._new()
-            except BaseException:
-                with self._cond:
-                    self._created -= 1
-                    self._cond.notify()
-                raise
+            if not create:
+                return self._idle.pop()
         try:
-            yield opa
-        finally:
+            return self._new()
+        except BaseException:
             with self._cond:
-                if self._closed:
-                    opa.close()
-                else:
-                    self._idle.append(opa)
-                    self._cond.notify()
+                self._created -= 1
+                self._cond.notify()
+            raise
+
+    def _give(self, opa: OpaEngine) -> None:
+        """Back to the pool (closed instead, when the engine closed meanwhile)."""
+        with self._cond:
+            if self._closed:
+                opa.close()
+            else:
+                self._idle.append(opa)
+                self._cond.notify()
 
     def _evaluate(self, path: str, input: Any) -> Any:
-        with self._instance() as opa:
+        # take/give, not a generator context manager: this brackets every decision.
+        opa = self._take()
+        try:
             return opa.eval_document(path, input)
+        finally:
+            self._give(opa)
 
     def decide(self, input: dict[str, Any]) -> Decision:
         policy_id = _policy_id(input)

@@ -41,8 +41,10 @@ on every backend):
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterable, Iterator, Literal, Mapping, Protocol, Sequence, runtime_checkable
@@ -222,12 +224,17 @@ def dump_book(book: Mapping[str, Any] | None) -> str | None:
     if not isinstance(book, Mapping):
         raise LedgerError(f"book must be a JSON object (a mapping), got {type(book).__name__}")
     try:
-        text = json.dumps(book, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        text = _BOOK_JSON.encode(book)
     except (TypeError, ValueError) as exc:
         raise LedgerError(f"book is not JSON: {exc}") from None
-    if len(text.encode()) > BOOK_MAX_BYTES:
-        raise LedgerError(f"book is {len(text.encode())} bytes of JSON; the limit is {BOOK_MAX_BYTES}")
+    if len(text) > BOOK_MAX_BYTES:  # ASCII (ensure_ascii): one byte a character
+        raise LedgerError(f"book is {len(text)} bytes of JSON; the limit is {BOOK_MAX_BYTES}")
     return text
+
+
+# One encoder for every book: ``json.dumps`` with options builds a new one on each call
+# (on every reservation's path).
+_BOOK_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def load_book(text: str | None) -> dict[str, Any] | None:
@@ -237,6 +244,19 @@ def load_book(text: str | None) -> dict[str, Any] | None:
 def settled_outcome(state: str) -> Outcome:
     """What a commit or release of an already settled receipt reports."""
     return {"committed": "already_committed", "released": "already_released"}.get(state, "expired")  # type: ignore[return-value]
+
+
+_ATTEMPTS = itertools.count()
+_ATTEMPT_PREFIX = [os.urandom(8).hex()]
+os.register_at_fork(after_in_child=lambda: _ATTEMPT_PREFIX.__setitem__(0, os.urandom(8).hex()))
+
+
+def attempt_token() -> str:
+    """A token for one authorize call (``Reservation.attempt``): 32 hex characters, 64 random
+    bits drawn once per process (again in a forked child) and a counter. Unique like a
+    uuid4, without its system call on every decision (which also lets another thread take
+    the interpreter lock mid-decision)."""
+    return f"{_ATTEMPT_PREFIX[0]}{next(_ATTEMPTS):016x}"
 
 
 def key_order(keys: Sequence[str]) -> tuple[str, ...]:

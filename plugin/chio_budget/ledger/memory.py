@@ -83,6 +83,8 @@ class MemoryLedger(ExportsSpent, ClosesOnExit):
             self._spent.pop(key, None)
 
     def _windowed(self, keys: Sequence[str], reads: Mapping[str, Sequence[str]]) -> list[int]:
+        if not reads:  # no rolling window: each key's own total
+            return [self._total(k) for k in keys]
         totals = {k: self._total(k) for k in read_keys(keys, reads)}
         return [windowed(totals, k, reads) for k in keys]
 
