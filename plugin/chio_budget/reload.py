@@ -30,8 +30,9 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from .authorization import Beside
 from .compiler import compile_all, revision_of
 from .currencies import DEFAULT_CURRENCIES
 from .decision import Decision
@@ -84,6 +85,38 @@ class Loaded:
         """The engine's decision, with OPA's own evaluation time where the engine reports one (else None)."""
         measured = getattr(self.engine, "decide_measured", None)
         return measured(inp) if measured is not None else (self.engine.decide(inp), None)
+
+    def decide_beside(self, inp: dict[str, Any],
+                      shadows: Sequence[Any] = ()) -> tuple[Decision, int | None, Beside | None]:
+        """``decide``, with the shadows over this very engine judged in the same query.
+
+        Riders: the shadows (``shadow.ShadowPolicy``: ``engine``, ``input_for``,
+        ``refusal``) whose engine is this one and that can judge the input; they
+        go into one ``decide_many`` after it, whose first answer is the enforced
+        decision (identical to ``decide``'s: ``decide_many`` answers each input as
+        ``decide`` would). Returns ``(decision, opa_ns, Beside)``; with no rider,
+        an engine that does not batch, or a ``decide_many`` that raises, exactly
+        ``decide(inp)`` and None (the shadows are then judged apart, as before).
+        """
+        many = getattr(self.engine, "decide_many", None)
+        riders: list[tuple[Any, dict[str, Any]]] = []
+        try:
+            for s in shadows if many is not None else ():
+                if s.engine is self.engine and s.refusal(i := s.input_for(inp)) is None:
+                    riders.append((s, i))
+        except Exception:  # noqa: BLE001 - a shadow must never break the enforced decision
+            riders = []
+        if not riders:
+            return (*self.decide(inp), None)
+        t0 = time.perf_counter_ns()
+        try:
+            decided = list(many([inp, *(i for _, i in riders)]))  # type: ignore[misc]
+        except Exception:  # noqa: BLE001 - an engine must not raise; decide alone instead
+            decided = []
+        if len(decided) != len(riders) + 1:
+            return (*self.decide(inp), None)
+        share = (time.perf_counter_ns() - t0) // len(decided)
+        return decided[0], None, Beside(inp, tuple((s, i, d) for (s, i), d in zip(riders, decided[1:])), share)
 
     def decide_many(self, inputs: list[dict[str, Any]]) -> list[Decision]:
         """The engine's decisions on independent inputs, in one query where it batches (``decide_all``)."""
