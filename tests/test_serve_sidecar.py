@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from chio_budget.reload import ReloadError, SharedClose
+from chio_budget.loaded import SharedClose
+from chio_budget.reload import ReloadError
 from chio_budget.serve.options import ServeError, ServeOptions
 from chio_budget.serve.sidecar import Sidecar
 from support.sidecar import ctx, write_policies

@@ -33,12 +33,28 @@ class _Issuer(Protocol):
 
 
 @dataclass(frozen=True)
+class Beside:
+    """Shadows judged in the enforced decision's own engine query (``loaded.Loaded.decide_beside``).
+
+    ``input`` is the exact enforced input they were judged beside (``shadow.run_shadows``
+    takes these decisions only for that very object); ``judged`` holds each shadow with
+    its input and decision; ``share_ns`` is each one's share of the query's wall time.
+    """
+
+    input: dict[str, Any]
+    judged: tuple[tuple[Any, dict[str, Any], Decision], ...]
+    share_ns: int
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """A decision with what produced it: the exact OPA ``input``, the wall time of
     ``engine.decide`` in ns (``input``/``eval_ns`` are None when OPA was not asked),
     the conversion of a foreign cost, the Rego revision it ran on, and OPA's own
     evaluation time where the engine reports one (``opa_eval_ns``: an OPA server's
-    ``timer_rego_query_eval_ns``; None for the embedded engine, which has none)."""
+    ``timer_rego_query_eval_ns``; None for the embedded engine, which has none).
+    ``beside``: the shadows judged in the same query, if any (``eval_ns`` is then the
+    enforced decision's share, and ``opa_eval_ns`` None: a batch reports none per input)."""
 
     decision: Decision
     input: dict[str, Any] | None = None
@@ -46,12 +62,14 @@ class Evaluation:
     conversion: Conversion | None = None
     rego_revision: str | None = None
     opa_eval_ns: int | None = None
+    beside: Beside | None = None
 
     def then(self, again: "Evaluation") -> "Evaluation":
         """``again`` (a second evaluation of the same call), timed as both together."""
         return Evaluation(again.decision, again.input, (self.eval_ns or 0) + (again.eval_ns or 0), self.conversion,
                           again.rego_revision,
-                          None if again.opa_eval_ns is None else (self.opa_eval_ns or 0) + again.opa_eval_ns)
+                          None if again.opa_eval_ns is None else (self.opa_eval_ns or 0) + again.opa_eval_ns,
+                          again.beside)
 
 
 @dataclass
@@ -92,6 +110,8 @@ class Authorization:
     also told to the guard's ``warning`` hooks)."""
     opa_eval_ns: int | None = None
     """OPA's own evaluation time, where the engine reports one (see ``Evaluation``)."""
+    beside: Beside | None = None
+    """Shadows judged in the same engine query as this decision (see ``Evaluation``)."""
 
     @property
     def allow(self) -> bool:

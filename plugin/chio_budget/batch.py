@@ -29,7 +29,7 @@ from .counters import RequestCounters, request_counters
 from .decision import Decision
 from .errors import LedgerError
 from .opa_input import build_input, price
-from .reload import Loaded
+from .loaded import Loaded
 
 Request = tuple["CostMetadata | Mapping[str, Any]", Cost]
 

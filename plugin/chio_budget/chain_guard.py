@@ -211,12 +211,14 @@ class BudgetChainGuard:
         call.est = call.cost if isinstance(call.cost, int) else None  # a foreign one: known once converted
 
     def _authorize(self, call: _Call) -> None:
-        """Reserve (with the book) and ask OPA; any failure is a deny decision (still logged)."""
+        """Reserve (with the book) and ask OPA, the shadows over its engine in the same query (a repeat
+        judges none); any failure is a deny decision (still logged)."""
         if call.decision is not None:
             return
         assert call.meta is not None and call.cost is not None
         try:
-            call.auth = self.guard.authorize(call.meta, call.cost, book=self._book(call))
+            call.auth = self.guard.authorize(call.meta, call.cost, book=self._book(call),
+                                             shadows=() if call.repeat else self.shadows)
         except Exception as exc:  # noqa: BLE001 - fail closed, and log it like any deny
             call.decision = self._deny(f"guard error: {type(exc).__name__}: {exc}")
             return
@@ -304,7 +306,8 @@ class BudgetChainGuard:
         if self.shadows and opa_input.get("totals") is not None and not call.repeat:
             run_shadows(self.shadows, opa_input, decision, decision_id=call.decision_id,
                         enforced_policy_id=self.policy.id, chio={"guard": self.name, "request_id": call.ctx.request_id},
-                        decision_log=self.decision_log, metrics=self.metrics)
+                        decision_log=self.decision_log, metrics=self.metrics,
+                        beside=call.auth.beside if call.auth else None)
         verdict: Verdict = "allow" if decision.allow else "deny"
         evidence = [GuardEvidence(guard_name=self.name, verdict=verdict, details=self._details(call))]
         if decision.allow:

@@ -17,7 +17,7 @@ request's ``identity``, so a reused receipt id is recognised even when both touc
 A cost may be a ``MonetaryAmount`` in any currency: it is converted into the policy currency
 first (``conversion.convert``, chio-link's rules), and the facts of the conversion go into the
 OPA input, where a missing, stale or overflowing rate is a policy deny. The policy, engine and
-rates form one ``reload.Loaded`` that each decision reads once, so ``reload()`` can swap a new
+rates form one ``loaded.Loaded`` that each decision reads once, so ``reload()`` can swap a new
 version in while decisions run. ``check_many`` decides many checks in one query (``batch``).
 
 A windowed limit counts in the window of its request's ``timestamp`` (``counters``), reservation
@@ -29,7 +29,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterable, Mapping
+from typing import Any, Callable, ContextManager, Iterable, Mapping, Sequence
 
 from .authorization import Authorization, Cost, Evaluation
 from .batch import check_many
@@ -47,7 +47,8 @@ from .opa_input import build_input, price
 from .policy import BudgetPolicy
 from .rates import RateOracle
 from .rates_file import open_rates
-from .reload import Loaded, ReloadError, Source
+from .loaded import Loaded
+from .reload import ReloadError, Source
 from .soft_limits import WarningEvent, emit_crossings
 from .windows import Span
 
@@ -67,19 +68,15 @@ def _at(at: int | None) -> int:
 class BudgetGuard:
     """One policy's guard. Thread-safe: engines and ledgers are, and the policy is swapped whole.
 
-    ``rates``: a ``RateOracle`` or a path to ``rates.yaml`` (``rates_file``);
-    None converts nothing (a foreign cost is then denied ``rate_unavailable``).
-    ``clock`` (Unix seconds) is when a commit happens, for its staleness note.
-    ``track``: other policies whose limits this guard's counters must also
-    serve (see ``track``).
+    ``rates``: a ``RateOracle`` or a path to ``rates.yaml`` (``rates_file``); None converts nothing (a foreign
+    cost is then denied ``rate_unavailable``). ``clock`` (Unix seconds) is when a commit happens, for its
+    staleness note. ``track``: other policies whose limits this guard's counters must also serve.
 
-    ``event_hooks``: ``"cleanup_failed"`` callables ``(receipt_id, exc)``,
-    told when a hold this guard tried to give back could not be
-    (``orphan_cleanup_failures`` counts them); ``"reloaded"`` callables
-    ``(guard)`` after a reload swapped a new policy in; ``"reload_failed"``
-    callables ``(guard, exc)``; ``"warning"`` callables ``(WarningEvent)``
-    (``on_warning`` first) for each ``warn_at`` threshold an allowed
-    reservation first crossed (``soft_limits``; ``warning_mark_failures``).
+    ``event_hooks``: ``"cleanup_failed"`` callables ``(receipt_id, exc)``, told when a hold this guard tried to
+    give back could not be (``orphan_cleanup_failures`` counts them); ``"reloaded"`` callables ``(guard)`` after
+    a reload swapped a new policy in; ``"reload_failed"`` callables ``(guard, exc)``; ``"warning"`` callables
+    ``(WarningEvent)`` (``on_warning`` first) for each ``warn_at`` threshold an allowed reservation first
+    crossed (``soft_limits``; ``warning_mark_failures``).
     """
 
     def __init__(self, policy: BudgetPolicy, engine: Engine, ledger: Ledger | str | None = "memory", *,
@@ -222,11 +219,13 @@ class BudgetGuard:
                 "tool_key": meta.tool_key}
 
     def _decide(self, s: Loaded, meta: CostMetadata, cost_units: int, totals: Mapping[str, int | None],
-                conversion: Conversion | None = None, windows: Mapping[str, Any] | None = None) -> Evaluation:
+                conversion: Conversion | None = None, windows: Mapping[str, Any] | None = None,
+                shadows: Sequence[Any] = ()) -> Evaluation:
         inp = build_input(meta, cost_units, totals, policy=s.policy, conversion=conversion, windows=windows)
         t0 = time.perf_counter_ns()
-        decision, opa_ns = s.decide(inp)
-        return Evaluation(decision, inp, time.perf_counter_ns() - t0, conversion, s.rego_revision, opa_ns)
+        decision, opa_ns, beside = s.decide_beside(inp, shadows)
+        ns = time.perf_counter_ns() - t0 - (beside.share_ns * len(beside.judged) if beside else 0)
+        return Evaluation(decision, inp, ns, conversion, s.rego_revision, opa_ns, beside)
 
     def decide(self, meta: CostMetadata, cost_units: int, totals: Mapping[str, int | None],
                windows: Mapping[str, Any] | None = None) -> Evaluation:
@@ -234,13 +233,14 @@ class BudgetGuard:
         with self._using() as s:
             return self._decide(s, meta, cost_units, totals, windows=windows)
 
-    def _narrow(self, s: Loaded, meta: CostMetadata, c: RequestCounters, cost: int, e: Evaluation) -> Evaluation:
-        """A deny by a rolling limit: decide again with ``resets_at`` narrowed to when enough of the
-        window's spend leaves (``counters.narrowed_windows``; a hint for a retry, the Rego decides)."""
+    def _narrow(self, s: Loaded, meta: CostMetadata, c: RequestCounters, cost: int, e: Evaluation,
+                shadows: Sequence[Any] = ()) -> Evaluation:
+        """A rolling limit's deny: decide again (``shadows`` riding along) with ``resets_at`` narrowed to when
+        enough of the window's spend leaves (``counters.narrowed_windows``; a hint, the Rego decides)."""
         windows = narrowed_windows(self.ledger, c, e, cost, meta.timestamp)
         if windows is None:
             return e
-        again = self._decide(s, meta, cost, e.input["totals"], e.conversion, windows)  # type: ignore[index]
+        again = self._decide(s, meta, cost, e.input["totals"], e.conversion, windows, shadows)  # type: ignore[index]
         return e.then(again)
 
     def _deny(self, error: str, policy: BudgetPolicy | None = None) -> Decision:
@@ -316,7 +316,7 @@ class BudgetGuard:
             self.ledger.add(list(request_counters(s.policy, meta, self.tracked).keys.values()), cost)
 
     def authorize(self, meta: CostMetadata | Mapping[str, Any], cost_units: Cost, *,
-                  book: Mapping[str, Any] | None = None) -> Authorization:
+                  book: Mapping[str, Any] | None = None, shadows: Sequence[Any] = ()) -> Authorization:
         """Reserve, decide, and release at once if denied (atomic under concurrency).
 
         Idempotent by ``meta.receipt_id``: authorizing a receipt that already
@@ -325,14 +325,15 @@ class BudgetGuard:
         held for another request, or already settled, is a deny. ``book`` (a
         JSON object) is stored with the reservation, for whoever settles it
         (``ledger.get``); the guard adds the request's ``identity`` to it. A
-        foreign cost holds its converted units.
+        foreign cost holds its converted units. ``shadows`` (``ShadowPolicy``) over
+        the engine in force are judged in the same query: ``Authorization.beside``.
         """
         meta = _as_meta(meta)
         with self._using() as s:
-            return self._authorize(s, meta, cost_units, book)
+            return self._authorize(s, meta, cost_units, book, shadows)
 
-    def _authorize(self, s: Loaded, meta: CostMetadata, cost_units: Cost,
-                   book: Mapping[str, Any] | None) -> Authorization:
+    def _authorize(self, s: Loaded, meta: CostMetadata, cost_units: Cost, book: Mapping[str, Any] | None,
+                   shadows: Sequence[Any] = ()) -> Authorization:
         cost, conversion = price(cost_units, s.policy, s.rates, meta.timestamp)
         c = request_counters(s.policy, meta, self.tracked)
         keys = c.keys
@@ -344,7 +345,7 @@ class BudgetGuard:
                  emitted: tuple[WarningEvent, ...] = ()) -> Authorization:
             return Authorization(decision, rid, amount, self, e and e.input, e and e.eval_ns, attempt, held,
                                  conversion, s.rego_revision, meta.timestamp, None, s.rates, s.policy.currency,
-                                 emitted, e and e.opa_eval_ns)
+                                 emitted, e and e.opa_eval_ns, e and e.beside)
 
         try:
             r: Reservation = self.ledger.reserve(rid, list(keys.values()), cost, self.reservation_ttl,
@@ -361,11 +362,11 @@ class BudgetGuard:
         if conversion is not None and conversion.units is not None and r.amount != conversion.units:
             conversion = None  # a retry decides on the reservation already held, at its amount
         e = self._decide(s, meta, r.amount, {scope: before[k] for scope, k in keys.items()}, conversion,
-                         c.input_windows())
+                         c.input_windows(), shadows)
         if not e.decision.allow:
             if r.created:
                 self._give_back(rid, attempt)
-            e = self._narrow(s, meta, c, r.amount, e)
+            e = self._narrow(s, meta, c, r.amount, e, shadows)
             return auth(e.decision, cost, e)
         emitted = self._emit_warnings(s, meta, c, e.decision) if r.created and e.decision.warnings else ()
         return auth(e.decision, r.amount, e, True, emitted)

@@ -1,13 +1,9 @@
-"""A guard's policy as one swappable value, and reading it again from files.
+"""Reading a guard's policy again from files, and swapping the new version in.
 
-Everything a decision needs from the policy files - the ``BudgetPolicy``,
-the engine loaded with its compiled data and Rego, the rate oracle and the
-revisions - lives in one ``Loaded``. The guard reads its current ``Loaded``
-once per decision, so a decision never mixes two versions: a reload builds
-a complete new ``Loaded`` (parse, compile, load into a new engine, verify)
-and swaps it in with one assignment. Decisions in flight finish on the old
-one; it is closed when the last of them leaves. Counters and held
-reservations live in the ledger and are not touched.
+A reload builds a complete new ``loaded.Loaded`` (parse, compile, load into
+a new engine, verify) and swaps it in with one assignment; decisions in
+flight finish on the old one, which is closed when the last of them leaves.
+Counters and held reservations live in the ledger and are not touched.
 
 ``Source`` remembers where the files are, so ``BudgetGuard.reload()`` can
 read them again; any failure there is an error naming the file and line
@@ -25,17 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from .compiler import compile_all, revision_of
 from .currencies import DEFAULT_CURRENCIES
-from .decision import Decision
-from .engines import Engine, decide_all, make_engine
+from .engines import Engine, make_engine
 from .errors import ChioBudgetError, PolicyError
+from .loaded import Loaded, SharedClose
 from .policy import BudgetPolicy, load_policies
 from .rates import RateOracle
 from .rates_file import open_rates
@@ -49,125 +43,6 @@ class ReloadError(ChioBudgetError):
 def rego_revision(modules: Mapping[str, str]) -> str:
     """``sha256:`` over the Rego modules (name and content): changes with any Rego edit."""
     return revision_of({name: hashlib.sha256(src.encode("utf-8")).hexdigest() for name, src in modules.items()})
-
-
-@dataclass(eq=False)
-class Loaded:
-    """One consistent version of a guard's policy, with a count of decisions using it.
-
-    ``enter``/``leave`` bracket each decision; ``retire`` (after a swap)
-    closes the engine as soon as no decision is using it.
-    """
-
-    policy: BudgetPolicy
-    engine: Engine
-    rates: RateOracle | None = None
-    policy_revision: str | None = None
-    rego_revision: str | None = None
-    loaded_at: float = field(default_factory=time.time)
-    data_revision: str | None = None
-    """Revision of all the policies compiled together: the bundle ``.manifest`` revision."""
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    close_engine: Callable[[], None] | None = field(default=None, repr=False)
-    """Closes the engine (default: ``engine.close``); guards sharing one engine pass a
-    ``SharedClose``, which closes it when the last of them calls."""
-    _inflight: int = field(default=0, repr=False)
-    _retired: bool = field(default=False, repr=False)
-    _closed: bool = field(default=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.data_revision is None:  # a guard built from one policy: the bundle of that policy alone
-            self.data_revision = compile_all({self.policy.id: self.policy}).revision
-
-    def decide(self, inp: dict[str, Any]) -> tuple[Decision, int | None]:
-        """The engine's decision, with OPA's own evaluation time where the engine reports one (else None)."""
-        measured = getattr(self.engine, "decide_measured", None)
-        return measured(inp) if measured is not None else (self.engine.decide(inp), None)
-
-    def decide_many(self, inputs: list[dict[str, Any]]) -> list[Decision]:
-        """The engine's decisions on independent inputs, in one query where it batches (``decide_all``)."""
-        return decide_all(self.engine, inputs)
-
-    def enter(self) -> bool:
-        """Count a decision in; False once the engine is closed (read the guard's current one again)."""
-        with self._lock:
-            if self._closed:
-                return False
-            self._inflight += 1
-            return True
-
-    def leave(self) -> None:
-        with self._lock:
-            self._inflight -= 1
-            if not self._retired:  # the common case: one lock, nothing to close
-                return
-        self._close_when_idle()
-
-    def retire(self) -> None:
-        """No new decision will start here; close the engine once the running ones are done."""
-        with self._lock:
-            self._retired = True
-        self._close_when_idle()
-
-    def _close_when_idle(self) -> None:
-        with self._lock:
-            close = self._retired and self._inflight == 0 and not self._closed
-            self._closed = self._closed or close
-        if close:
-            (self.close_engine or self.engine.close)()
-
-    @staticmethod
-    def in_force(current: Callable[[], "Loaded"]) -> "InForce":
-        """The version ``current()`` names, held for one decision (a reload waits to close it
-        until we leave); when it was closed for good (the guard closed), it is given as is
-        and its engine denies. A ``with`` block: ``with Loaded.in_force(get) as s: ...``."""
-        return InForce(current)
-
-    def close(self) -> None:
-        """Close now (the guard is closing)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        (self.close_engine or self.engine.close)()
-
-
-class InForce:
-    """``Loaded.in_force``: a class, not a generator context manager - it brackets every
-    decision, and this is about a microsecond cheaper."""
-
-    __slots__ = ("_current", "_held")
-
-    def __init__(self, current: Callable[[], Loaded]):
-        self._current = current
-        self._held: Loaded | None = None
-
-    def __enter__(self) -> Loaded:
-        while True:
-            s = self._current()
-            if s.enter():
-                self._held = s
-                return s
-            if s is self._current():
-                return s
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._held is not None:
-            self._held.leave()
-
-
-class SharedClose:
-    """Closes a shared engine on the ``users``-th call: each ``Loaded`` sharing it calls once."""
-
-    def __init__(self, engine: Engine, users: int):
-        self._engine, self._left, self._lock = engine, users, threading.Lock()
-
-    def __call__(self) -> None:
-        with self._lock:
-            self._left -= 1
-            last = self._left == 0
-        if last:
-            self._engine.close()
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ request, same cost, and the *same counters* (the ``totals`` the enforced
 decision saw) - so any difference in the answer is a difference in policy,
 not in state. Its decision is logged and diffed; it never changes the verdict
 and never touches a ledger (it does not reserve, record or read counters).
-Shadows that share one engine are judged in one query (``judge_shadows``).
+Shadows that share one engine are judged in one query (``judge_shadows``), and a shadow
+over the enforced guard's own engine in that guard's query (``BudgetGuard.authorize(...,
+shadows=)`` hands back an ``authorization.Beside``; ``run_shadows(..., beside=)`` takes it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .decision import Decision
 from .engines import decide_all
 
 if TYPE_CHECKING:
+    from .authorization import Beside
     from .decisionlog import DecisionLog
     from .metrics import BudgetMetrics
 
@@ -125,15 +128,28 @@ def _together(group: Sequence[ShadowPolicy], enforced_input: dict[str, Any],
             for i, (s, inp) in enumerate(zip(group, inputs))]
 
 
-def judge_shadows(shadows: Sequence[ShadowPolicy], enforced_input: dict[str, Any],
-                  enforced: Decision) -> list[ShadowResult]:
-    """Every shadow's result, in order. Shadows over one engine (say guards from
-    ``reload.Source.load_all``) are judged in one query; a shadow alone on its
-    engine exactly as ``ShadowPolicy.evaluate`` judges it."""
+def _taken(beside: "Beside | None", enforced_input: dict[str, Any]) -> dict[int, tuple[dict[str, Any], Decision, int]]:
+    """``beside``'s decisions (with their input and time share) by shadow - if judged beside this very input."""
+    if beside is None or beside.input is not enforced_input:
+        return {}
+    return {id(s): (inp, d, beside.share_ns) for s, inp, d in beside.judged}
+
+
+def judge_shadows(shadows: Sequence[ShadowPolicy], enforced_input: dict[str, Any], enforced: Decision,
+                  beside: "Beside | None" = None) -> list[ShadowResult]:
+    """Every shadow's result, in order. A shadow ``beside`` judged in the enforced query (on
+    ``enforced_input`` itself) takes that decision; shadows over one engine (say guards from
+    ``reload.Source.load_all``) are judged in one query; a shadow alone on its engine exactly
+    as ``ShadowPolicy.evaluate`` judges it."""
+    taken = _taken(beside, enforced_input)
+    out: list[Any] = [None] * len(shadows)
     by_engine: dict[int, list[int]] = {}
     for i, s in enumerate(shadows):
-        by_engine.setdefault(id(s.engine), []).append(i)
-    out: list[Any] = [None] * len(shadows)
+        if id(s) in taken:
+            inp, d, share = taken[id(s)]
+            out[i] = s.result(inp, enforced, d, share)
+        else:
+            by_engine.setdefault(id(s.engine), []).append(i)
     for idx in by_engine.values():
         group = [shadows[i] for i in idx]
         results = [group[0].evaluate(enforced_input, enforced)] if len(group) == 1 else \
@@ -145,18 +161,20 @@ def judge_shadows(shadows: Sequence[ShadowPolicy], enforced_input: dict[str, Any
 
 def run_shadows(shadows: Sequence[ShadowPolicy], enforced_input: dict[str, Any], enforced: Decision, *,
                 decision_id: str, enforced_policy_id: str, chio: dict[str, Any],
-                decision_log: "DecisionLog | None" = None, metrics: "BudgetMetrics | None" = None) -> None:
+                decision_log: "DecisionLog | None" = None, metrics: "BudgetMetrics | None" = None,
+                beside: "Beside | None" = None) -> None:
     """Judge every shadow beside ``enforced``, log each as a ``shadow`` event, count disagreements.
 
     Each shadow event has its own decision id and points at the enforced
-    decision ``decision_id`` with ``chio.parent_decision_id``.
+    decision ``decision_id`` with ``chio.parent_decision_id``. ``beside``: the
+    shadows already judged in the enforced query (``judge_shadows``).
 
     Never raises: a shadow never affects the call. A failure to judge, log
     or count one is counted in ``decision_log_errors`` and the next shadow
     is judged. ``chio`` (guard name, request id) is copied into each event.
     """
     try:
-        results = judge_shadows(shadows, enforced_input, enforced)
+        results = judge_shadows(shadows, enforced_input, enforced, beside)
     except Exception:  # noqa: BLE001 - never raises: judge them one at a time instead
         results = [None] * len(shadows)
     for shadow, judged in zip(shadows, results):

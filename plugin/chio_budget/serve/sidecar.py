@@ -37,7 +37,8 @@ from ..guard import BudgetGuard
 from ..kernel import GuardContext, GuardDecision
 from ..ledger import Ledger, counter_key, open_ledger
 from ..metrics import BudgetMetrics
-from ..reload import Loaded, ReloadError, Source, adopt, close_set, reload_set
+from ..loaded import Loaded
+from ..reload import ReloadError, Source, adopt, close_set, reload_set
 from ..settlement import HoldStatus, SettlementResult
 from ..wasm import WasmGuardAdapter
 from .options import ServeOptions
