@@ -42,12 +42,12 @@ from .engines import Engine
 from .errors import AmountError, LedgerError
 from .ledger import Ledger, Reservation, open_ledger
 from .ledger.base import attempt_token, check_ttl, key_order
+from .loaded import Loaded
 from .money import MonetaryAmount, U64_MAX, check_units
 from .opa_input import build_input, price
 from .policy import BudgetPolicy
 from .rates import RateOracle
 from .rates_file import open_rates
-from .loaded import Loaded
 from .reload import ReloadError, Source
 from .soft_limits import WarningEvent, emit_crossings
 from .windows import Span
