@@ -47,10 +47,10 @@ GROUPS = ("decision", "ledgers", "workers", "batch", "go")
 # Sizes: full run (about 3 minutes on the 2-core reference machine) and --quick (seconds).
 FULL = {"rounds": 150, "k": 10, "counters": 1_000_000, "ledger_rounds": 12, "ledger_k": 40, "thread_rounds": 6,
         "thread_s": 0.8, "proc_rounds": 5, "proc_s": 1.0, "batch_n": 10_000, "batch_rounds": 2, "go_rounds": 5,
-        "go_s": 0.25, "sqlite_counts": (1, 2, 4), "go_variants": 5}
+        "go_s": 0.25, "sqlite_counts": (1, 2, 4), "go_variants": 5, "shadow_rounds": 40}
 QUICK = {"rounds": 2, "k": 5, "counters": 1_000, "ledger_rounds": 1, "ledger_k": 3, "thread_rounds": 1,
          "thread_s": 0.05, "proc_rounds": 1, "proc_s": 0.05, "batch_n": 50, "batch_rounds": 1, "go_rounds": 1,
-         "go_s": 0.05, "sqlite_counts": (1, 2), "go_variants": 2}
+         "go_s": 0.05, "sqlite_counts": (1, 2), "go_variants": 2, "shadow_rounds": 1}
 
 
 def run_groups(only: set[str], z: dict, args: argparse.Namespace) -> tuple[list[dict], dict]:
@@ -63,6 +63,7 @@ def run_groups(only: set[str], z: dict, args: argparse.Namespace) -> tuple[list[
         ("workers", lambda: perf_procs.replicas_group(args.redis, z["proc_rounds"], z["proc_s"],
                                                              z["sqlite_counts"])),
         ("batch", lambda: perf_rows.batch_group(z["batch_n"], z["batch_rounds"])),
+        ("batch", lambda: perf_rows.shadow_group(z["shadow_rounds"], z["k"])),
         ("go", lambda: perf_procs.go_env_group(z["go_rounds"], z["go_s"], z["go_variants"])),
     ]
     for group, fn in plan:

@@ -146,10 +146,12 @@ def figure(result: dict, path: Path) -> None:
     left.barh([i - 0.2 for i in y], [c["cpu_us"] for c in costs], height=0.4, label="process CPU", color="#DD8452")
     left.set_yticks(list(y), [c["name"] for c in costs], fontsize=8)
     left.invert_yaxis()
-    left.set_xscale("log")
+    if costs:  # a run of some groups only (--only batch) may have no per-decision costs to draw
+        left.set_xscale("log")
     left.set_xlabel("microseconds per decision (median of interleaved rounds, log scale)")
     left.set_title("Per-decision cost by path and backend")
-    left.legend(loc="lower right", fontsize=8)
+    if costs:
+        left.legend(loc="lower right", fontsize=8)
     labels = {"threads_one_guard": "threads, one guard (memory)", "threads_guard_each": "threads, a guard each (memory)",
               "redis_processes": "processes sharing Redis", "sqlite_processes": "processes sharing SQLite"}
     for key, label in labels.items():
@@ -161,7 +163,8 @@ def figure(result: dict, path: Path) -> None:
     right.set_ylabel("authorize+commit per second")
     right.set_ylim(bottom=0)
     right.set_title(f"Throughput vs workers ({result['machine']['cores']} cores)")
-    right.legend(fontsize=8)
+    if any(s.get(key) for key in labels):
+        right.legend(fontsize=8)
     fig.suptitle(f"chio-budget-guard make bench, {result['finished_at']}" + (" (quick)" if result["quick"] else ""),
                  fontsize=10)
     fig.tight_layout()

@@ -7,6 +7,7 @@ Each ``*_group`` function builds what it measures, times it with
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import tempfile
 import uuid
@@ -286,3 +287,40 @@ def _json(d: Any) -> dict:
 
 def _dps(name: str, s: pc.Samples, n: int) -> dict[str, Any]:
     return {"name": name, "dps": n / s.med_wall(), "cpu_us": s.med_cpu() / n * 1e6}
+
+
+def shadow_group(rounds: int, k: int) -> tuple[list[dict], dict]:
+    """A chain call (evaluate + settle) with one shadow: on its own engine (two queries) or over
+    the enforced guard's engine (one query, ``decide_beside``), and with no shadow."""
+    from chio_budget.chain_guard import BudgetChainGuard
+    from chio_budget.kernel import GuardContext
+
+    enforced, nxt = pc.make_policy("bench"), pc.make_policy("next")
+    shared = pc.engine([enforced, nxt])
+    setups = {"chain call, no shadow": BudgetChainGuard(pc.guard(enforced)),
+              "chain call, shadow on its own engine": BudgetChainGuard(pc.guard(enforced),
+                                                                       shadows=[pc.guard(nxt)]),
+              "chain call, shadow beside (one query)": BudgetChainGuard(pc.BudgetGuard(enforced, shared),
+                                                                        shadows=[pc.BudgetGuard(nxt, shared)])}
+
+    def call(b: BudgetChainGuard, label: str) -> Any:
+        ids = itertools.count()
+
+        def op(i: int) -> None:
+            rid = f"{label}-{next(ids)}"
+            ctx = GuardContext(request_id=rid, tool_name="t0", server_id="s1", agent_id=f"a{i % 7}",
+                               session_id=f"s{i % 3}", timestamp=1000, cost_estimate=5)
+            if b.evaluate(ctx).verdict != "allow":
+                raise RuntimeError("bench: expected an allowed chain call")
+            b.on_invocation_complete(rid, 5)
+        return op
+    smp = pc.interleave([pc.Subject(name, call(b, name), k) for name, b in setups.items()], rounds)
+    for b in setups.values():
+        b.close()
+    G = "batch"
+    return [ratio_row("shadow_beside_vs_own", G, "chain call with a shadow: one query (beside) / two queries",
+                      smp, "chain call, shadow beside (one query)", "chain call, shadow on its own engine",
+                      note="evaluate + settle, memory ledger; the shadow over the enforced guard's engine"),
+            ratio_row("shadow_beside_vs_none", G, "chain call with a shadow beside / no shadow", smp,
+                      "chain call, shadow beside (one query)", "chain call, no shadow",
+                      note="what judging a shadow on every call costs, in one query")], {}

@@ -22,7 +22,7 @@ IDS = {"trivial_vs_bare", "rego_allow_vs_0f1dbcc", "rego_deny_vs_0f1dbcc", "chec
        "authorize_commit_vs_bare", "check_vs_rust_model", "counters_1m_vs_10", "tools_10k_vs_10",
        "backend_sqlite", "backend_sqlite_normal", "backend_redis", "backend_postgres",
        "threads_one_guard", "threads_guard_each", "redis_2p", "sqlite_2p", "batch_engine", "batch_guard",
-       "go_gogc_400"}
+       "shadow_beside_vs_own", "shadow_beside_vs_none", "go_gogc_400"}
 TARGETED = {"rego_allow_vs_0f1dbcc", "rego_deny_vs_0f1dbcc", "check_vs_bare", "authorize_commit_vs_bare",
             "counters_1m_vs_10", "tools_10k_vs_10", "threads_one_guard", "redis_2p"}
 
@@ -69,3 +69,17 @@ def test_quick_run_writes_results_figure_and_doc_section(tmp_path):
     assert written.split(end)[1] == original.split(end)[1]
     assert "| trivial Rego" in written.split(begin)[1].split(end)[0]
     assert r.stdout.count("\n| ") >= len(IDS)  # the table was printed
+
+
+@pytest.mark.slow
+def test_some_groups_only_still_write_a_figure(tmp_path):
+    """``--only batch`` has no per-decision costs: the figure is drawn without them (it crashed on
+    a log scale with nothing to draw)."""
+    out, png = tmp_path / "results.json", tmp_path / "performance.png"
+    cmd = [sys.executable, str(ROOT / "bench" / "perf.py"), "--quick", "--only", "batch", "--out", str(out),
+           "--figure", str(png)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {row["id"] for row in json.loads(out.read_text())["rows"]}
+    assert {"batch_engine", "batch_guard", "shadow_beside_vs_own", "shadow_beside_vs_none"} == rows
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
