@@ -29,15 +29,17 @@ package chio.budget
 #   the guard treats as a deny.
 # entrypoint: true
 decision := {
-	"allow": allow,
+	"allow": true,
 	"violations": [],
 	"warnings": [],
 	"policy_id": input.policy_id,
 	"policy_revision": _policy.revision,
 } if {
-	# The common case, nothing to report: no ordering to work out.
+	# The common case, nothing to report: no ordering to work out. (`allow`
+	# holds here, so `true` above spares looking it up again; `x == set()` is
+	# one expression where `count(x) == 0` is two.)
 	allow
-	count(warning) == 0
+	warning == set()
 } else := {
 	"allow": allow,
 	"violations": _ordered_violations,
@@ -52,7 +54,7 @@ decision := {
 # scope: document
 default allow := false
 
-allow if count(violation) == 0
+allow if violation == set()
 
 # The budget policy this request is judged against (compiled from YAML).
 _policy := data.chio.budget.policies[input.policy_id]
@@ -99,22 +101,24 @@ violation contains v if {
 
 # A plain request in the policy currency that meets the per-call cap and
 # every limit that applies: no rule of `_budget_violation` can hold. One
-# body, no arithmetic it can skip (OPA takes microseconds an expression):
+# body, no arithmetic it can skip (OPA takes microseconds an expression, and
+# a reference into input or a rule costs more than a local): `_plain` makes
+# totals exactly these four counters, so one unification binds them all.
 # `current <= limit - requested` is `current + requested <= limit` for
-# numbers, and holds for a null counter (null sorts before numbers), which
-# `_plain` allows only where no limit applies or the session is null. A
-# limit that does not exist defaults to one no plain counter can reach.
+# numbers, and holds for a null counter (null sorts before numbers; null +
+# requested would be an error), which `_plain` allows only where no limit
+# applies or the session is null. The total is never null. A limit that
+# does not exist defaults to 10^20, above any plain counter (< 10^19) plus
+# any plain cost (< 10^19).
 _quiet if {
 	_plain
 	p := _policy
-	t := input.totals
-	r := input.cost.units
-	none := 100000000000000000000 # above any plain counter (< 10^19) plus any plain cost (< 10^19)
+	[r, {"agent": agent, "session": session, "tool": tool, "total": total}] := [input.cost.units, input.totals]
 	r <= object.get(p, "max_per_invocation", r)
-	t.total <= p.max_total - r
-	t.session <= object.get(p, "max_per_session", none) - r
-	t.agent <= object.get(p, "max_per_agent", none) - r
-	t.tool <= object.get(p, ["max_per_tool", input.request.tool_key], none) - r
+	total + r <= p.max_total
+	session <= object.get(p, "max_per_session", 100000000000000000000) - r
+	agent <= object.get(p, "max_per_agent", 100000000000000000000) - r
+	tool <= object.get(p, ["max_per_tool", input.request.tool_key], 100000000000000000000) - r
 }
 
 # -- The plain path -----------------------------------------------------------
@@ -125,6 +129,11 @@ _quiet if {
 # without its counter; and a policy without windows or warn_at. It implies
 # `_input_ok`. An input that fails it is judged by the general path, so it
 # decides nothing the general path would decide otherwise.
+#
+# Two bodies, the same check: the first for the usual input, every counter
+# a number, where no counter can be missing; the second also takes null
+# counters and then looks for a missing one. (OPA stops at the first body
+# of `_plain` that holds, so the usual input never reaches the second.)
 _plain if {
 	not _policy.windows
 	not _policy.warn_at
@@ -133,7 +142,20 @@ _plain if {
 	is_string(input.request.tool_key)
 	regex.match(
 		# `[units, {"agent": n, "session": n, "tool": n, "total": n}]`, each
-		# n digits or null (json.marshal sorts the keys).
+		# n digits (json.marshal sorts the keys).
+		`^\[\d{1,19},\{"agent":\d{1,19},"session":\d{1,19},"tool":\d{1,19},"total":\d{1,19}\}\]$`,
+		json.marshal([input.cost.units, input.totals]),
+	)
+}
+
+_plain if {
+	not _policy.windows
+	not _policy.warn_at
+	input.cost.currency == _policy.currency
+	is_string(input.request.agent_id)
+	is_string(input.request.tool_key)
+	regex.match(
+		# The same, each counter but the total digits or null.
 		`^\[\d{1,19},\{"agent":(\d{1,19}|null),"session":(\d{1,19}|null),"tool":(\d{1,19}|null),"total":\d{1,19}\}\]$`,
 		json.marshal([input.cost.units, input.totals]),
 	)
