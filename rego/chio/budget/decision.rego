@@ -129,11 +129,6 @@ _quiet if {
 # without its counter; and a policy without windows or warn_at. It implies
 # `_input_ok`. An input that fails it is judged by the general path, so it
 # decides nothing the general path would decide otherwise.
-#
-# Two bodies, the same check: the first for the usual input, every counter
-# a number, where no counter can be missing; the second also takes null
-# counters and then looks for a missing one. (OPA stops at the first body
-# of `_plain` that holds, so the usual input never reaches the second.)
 _plain if {
 	not _policy.windows
 	not _policy.warn_at
@@ -142,20 +137,7 @@ _plain if {
 	is_string(input.request.tool_key)
 	regex.match(
 		# `[units, {"agent": n, "session": n, "tool": n, "total": n}]`, each
-		# n digits (json.marshal sorts the keys).
-		`^\[\d{1,19},\{"agent":\d{1,19},"session":\d{1,19},"tool":\d{1,19},"total":\d{1,19}\}\]$`,
-		json.marshal([input.cost.units, input.totals]),
-	)
-}
-
-_plain if {
-	not _policy.windows
-	not _policy.warn_at
-	input.cost.currency == _policy.currency
-	is_string(input.request.agent_id)
-	is_string(input.request.tool_key)
-	regex.match(
-		# The same, each counter but the total digits or null.
+		# n digits or null (json.marshal sorts the keys).
 		`^\[\d{1,19},\{"agent":(\d{1,19}|null),"session":(\d{1,19}|null),"tool":(\d{1,19}|null),"total":\d{1,19}\}\]$`,
 		json.marshal([input.cost.units, input.totals]),
 	)
