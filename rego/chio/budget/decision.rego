@@ -29,15 +29,17 @@ package chio.budget
 #   the guard treats as a deny.
 # entrypoint: true
 decision := {
-	"allow": allow,
+	"allow": true,
 	"violations": [],
 	"warnings": [],
 	"policy_id": input.policy_id,
 	"policy_revision": _policy.revision,
 } if {
-	# The common case, nothing to report: no ordering to work out.
+	# The common case, nothing to report: no ordering to work out. (`allow`
+	# holds here, so `true` above spares looking it up again; `x == set()` is
+	# one expression where `count(x) == 0` is two.)
 	allow
-	count(warning) == 0
+	warning == set()
 } else := {
 	"allow": allow,
 	"violations": _ordered_violations,
@@ -52,7 +54,7 @@ decision := {
 # scope: document
 default allow := false
 
-allow if count(violation) == 0
+allow if violation == set()
 
 # The budget policy this request is judged against (compiled from YAML).
 _policy := data.chio.budget.policies[input.policy_id]
@@ -99,22 +101,24 @@ violation contains v if {
 
 # A plain request in the policy currency that meets the per-call cap and
 # every limit that applies: no rule of `_budget_violation` can hold. One
-# body, no arithmetic it can skip (OPA takes microseconds an expression):
+# body, no arithmetic it can skip (OPA takes microseconds an expression, and
+# a reference into input or a rule costs more than a local): `_plain` makes
+# totals exactly these four counters, so one unification binds them all.
 # `current <= limit - requested` is `current + requested <= limit` for
-# numbers, and holds for a null counter (null sorts before numbers), which
-# `_plain` allows only where no limit applies or the session is null. A
-# limit that does not exist defaults to one no plain counter can reach.
+# numbers, and holds for a null counter (null sorts before numbers; null +
+# requested would be an error), which `_plain` allows only where no limit
+# applies or the session is null. The total is never null. A limit that
+# does not exist defaults to 10^20, above any plain counter (< 10^19) plus
+# any plain cost (< 10^19).
 _quiet if {
 	_plain
 	p := _policy
-	t := input.totals
-	r := input.cost.units
-	none := 100000000000000000000 # above any plain counter (< 10^19) plus any plain cost (< 10^19)
+	[r, {"agent": agent, "session": session, "tool": tool, "total": total}] := [input.cost.units, input.totals]
 	r <= object.get(p, "max_per_invocation", r)
-	t.total <= p.max_total - r
-	t.session <= object.get(p, "max_per_session", none) - r
-	t.agent <= object.get(p, "max_per_agent", none) - r
-	t.tool <= object.get(p, ["max_per_tool", input.request.tool_key], none) - r
+	total + r <= p.max_total
+	session <= object.get(p, "max_per_session", 100000000000000000000) - r
+	agent <= object.get(p, "max_per_agent", 100000000000000000000) - r
+	tool <= object.get(p, ["max_per_tool", input.request.tool_key], 100000000000000000000) - r
 }
 
 # -- The plain path -----------------------------------------------------------
