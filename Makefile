@@ -43,7 +43,7 @@ bench: venv
 
 # The older single-topic scripts (each reports; none fails on a number).
 bench-scripts: venv
-	@for b in run engines ledgers replicas chain shadow_beside serve; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
+	@for b in run engines ledgers replicas chain shadow_beside gil serve; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .hypothesis
