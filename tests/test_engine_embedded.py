@@ -116,7 +116,10 @@ def test_engine_is_shared_safely_between_threads():
 
 def test_guard_denies_when_the_engine_fails(rego_copy):
     path = rego_copy / "chio" / "budget" / "decision.rego"
-    path.write_text(path.read_text().replace('"allow": allow,', '"allow": 1 / 0,'))
+    src = path.read_text()
+    broken = src.replace('"allow": allow,', '"allow": 1 / 0,').replace('"allow": true,', '"allow": 1 / 0,')
+    assert broken.count('"allow": 1 / 0,') == 2, "the decision's two bodies (common case and else) both break"
+    path.write_text(broken)
     guard = BudgetGuard(rust_policy(), engine_with(rego_copy))
     auth = guard.authorize(make_meta(), 1)
     assert not auth.allow and auth.decision.error.startswith("engine error:")
