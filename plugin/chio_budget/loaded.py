@@ -70,6 +70,8 @@ class Loaded:
         an engine that does not batch, or a ``decide_many`` that raises, exactly
         ``decide(inp)`` and None (the shadows are then judged apart, as before).
         """
+        if not shadows:  # every decision without shadows passes here: nothing to look up
+            return (*self.decide(inp), None)
         many = getattr(self.engine, "decide_many", None)
         riders: list[tuple[Any, dict[str, Any]]] = []
         try:
