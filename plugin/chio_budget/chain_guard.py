@@ -95,8 +95,9 @@ class BudgetChainGuard:
     are converted by the guard with its rate oracle (``BudgetGuard(rates=...)``),
     the estimate inside the decision, where a missing or stale rate is a deny.
     ``allow_unpriced=True`` lets a call with no estimate through at 0 instead
-    of denying it. Shadows' limits are tracked by the guard (``track``); the
-    metrics follow the guard through its event hooks (``BudgetMetrics.follow``).
+    of denying it. Shadows' limits are tracked by the guard (``track``), again after a
+    shadow's reload; the metrics follow the guard through its event hooks
+    (``BudgetMetrics.follow``).
     """
 
     def __init__(self, guard: BudgetGuard, *, name: str = "budget", decision_log: DecisionLog | None = None,
@@ -108,6 +109,8 @@ class BudgetChainGuard:
         self.shadows = [s if isinstance(s, ShadowPolicy) else ShadowPolicy(s) for s in shadows]
         self.allow_unpriced = allow_unpriced
         guard.track(*(s.policy for s in self.shadows))
+        for s in self.shadows:  # a shadow's reload may add limits: their counters are kept from then on
+            s.follow(guard.track)
         if metrics is not None:
             metrics.follow(guard)
 

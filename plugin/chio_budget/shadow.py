@@ -15,8 +15,9 @@ shadows=)`` hands back an ``authorization.Beside``; ``run_shadows(..., beside=)`
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence
 
 from .decision import Decision
 from .engines import decide_all
@@ -59,14 +60,37 @@ class ShadowPolicy:
 
     Only ``guard.policy`` and ``guard.engine`` are used; the guard's ledger is
     never touched, so a shadow built with ``BudgetGuard.from_files(...)`` and
-    the default memory ledger is fine. ``evaluate`` never raises: a failing
-    shadow yields a decision with ``error`` set.
+    the default memory ledger is fine. Both are read from the guard on every
+    call, so a reload of the shadow's files (``reload()``, ``watch=True``)
+    takes effect, and a guard's version in force is held while its engine
+    decides (``held``): a reload cannot close the engine under a shadow's
+    query. ``evaluate`` never raises: a failing shadow yields a decision
+    with ``error`` set.
     """
 
     def __init__(self, guard: Any):
-        self.policy = guard.policy
-        self.engine = guard.engine
         self._guard = guard
+
+    @property
+    def policy(self) -> Any:
+        return self._guard.policy
+
+    @property
+    def engine(self) -> Any:
+        return self._guard.engine
+
+    def held(self) -> ContextManager[Any]:
+        """The wrapped guard's version in force, held for one query (``BudgetGuard._using``);
+        for anything else, nothing to hold."""
+        using = getattr(self._guard, "_using", None)
+        return using() if using is not None else nullcontext()
+
+    def follow(self, callback: Callable[[Any], None]) -> None:
+        """``callback(policy)`` with the new policy after each reload of the wrapped guard
+        (its ``reloaded`` event hook), e.g. so the enforced guard tracks the new limits."""
+        hooks = getattr(self._guard, "event_hooks", None)
+        if isinstance(hooks, dict):
+            hooks.setdefault("reloaded", []).append(lambda guard: callback(guard.policy))
 
     @property
     def policy_id(self) -> str:
@@ -93,16 +117,18 @@ class ShadowPolicy:
                             getattr(self._guard, "data_revision", None))
 
     def evaluate(self, enforced_input: dict[str, Any], enforced: Decision) -> ShadowResult:
-        inp = self.input_for(enforced_input)
-        t0, opa_ns = time.perf_counter_ns(), None
-        d = self.refusal(inp)
-        if d is None:
-            measured = getattr(self.engine, "decide_measured", None)
-            try:
-                d, opa_ns = measured(inp) if measured is not None else (self.engine.decide(inp), None)
-            except Exception as exc:  # an engine must not raise; a shadow must never break the call
-                d = Decision.deny_error(f"shadow engine error: {type(exc).__name__}: {exc}", self.policy.id)
-        return self.result(inp, enforced, d, time.perf_counter_ns() - t0, opa_ns)
+        with self.held():
+            inp = self.input_for(enforced_input)
+            t0, opa_ns = time.perf_counter_ns(), None
+            d = self.refusal(inp)
+            if d is None:
+                engine = self.engine
+                measured = getattr(engine, "decide_measured", None)
+                try:
+                    d, opa_ns = measured(inp) if measured is not None else (engine.decide(inp), None)
+                except Exception as exc:  # an engine must not raise; a shadow must never break the call
+                    d = Decision.deny_error(f"shadow engine error: {type(exc).__name__}: {exc}", self.policy.id)
+            return self.result(inp, enforced, d, time.perf_counter_ns() - t0, opa_ns)
 
     def close(self) -> None:
         close = getattr(self._guard, "close", None)
@@ -118,7 +144,8 @@ def _together(group: Sequence[ShadowPolicy], enforced_input: dict[str, Any],
     asked = [i for i, r in enumerate(refused) if r is None]
     t0 = time.perf_counter_ns()
     try:
-        decided = decide_all(group[0].engine, [inputs[i] for i in asked])
+        with group[0].held():  # the shared engine stays open while it decides
+            decided = decide_all(group[0].engine, [inputs[i] for i in asked])
     except Exception as exc:  # an engine must not raise; a shadow must never break the call
         decided = [Decision.deny_error(f"shadow engine error: {type(exc).__name__}: {exc}", group[i].policy.id)
                    for i in asked]
